@@ -1,0 +1,3 @@
+//! husk-agent binary.
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! husk-jailer binary.
+
+fn main() {}

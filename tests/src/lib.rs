@@ -1,0 +1,1 @@
+//! husk test harness library.
