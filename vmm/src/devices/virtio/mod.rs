@@ -46,3 +46,60 @@ impl IrqTrigger {
         self.irq_evt.write(1)
     }
 }
+
+/// Why a device could not be activated.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver set up a queue the device cannot use.
+    #[error("queue {index} is not usable: {reason}")]
+    BadQueue {
+        /// Queue index.
+        index: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The device's backend failed to start.
+    #[error("device backend failed to start")]
+    Backend(#[source] std::io::Error),
+}
+
+/// A virtio device behind the MMIO transport. Methods are called by the transport on a
+/// vCPU thread (register accesses) and by the device's own event-manager subscriber on
+/// the VMM thread (queue processing); the device sits in an `Arc<Mutex<_>>` shared by
+/// both.
+pub trait VirtioDevice: Send {
+    /// virtio device type (3 = console, 4 = entropy, 19 = vsock).
+    fn device_type(&self) -> u32;
+    /// Features the device offers (including VIRTIO_F_VERSION_1).
+    fn avail_features(&self) -> u64;
+    /// Features the driver accepted.
+    fn acked_features(&self) -> u64;
+    /// Record the features the driver accepted (already masked by the transport to a
+    /// subset of `avail_features`).
+    fn set_acked_features(&mut self, features: u64);
+    /// Maximum size of each queue; its length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// One eventfd per queue, signalled (via KVM ioeventfd) on QueueNotify.
+    fn queue_events(&self) -> &[EventFd];
+    /// The device's interrupt line.
+    fn interrupt(&self) -> &IrqTrigger;
+    /// Read the device-specific configuration space at `offset`. Out-of-range reads
+    /// leave `data` untouched.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Write the device-specific configuration space. Devices with read-only config
+    /// ignore this (rate-limited log).
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// The driver set DRIVER_OK: start using `queues` (validated by the transport).
+    fn activate(
+        &mut self,
+        mem: crate::GuestMemoryMmap,
+        queues: Vec<virtio_queue::Queue>,
+    ) -> Result<(), ActivateError>;
+    /// Whether `activate` succeeded.
+    fn is_activated(&self) -> bool;
+    /// The driver wrote 0 to Status. Return true if the device went back to its
+    /// initial state (then it may be activated again).
+    fn reset(&mut self) -> bool {
+        false
+    }
+}
