@@ -1,1 +1,8 @@
-//! husk agent wire protocol.
+//! husk guest agent library: the agent wire protocol shared by host and guest, the
+//! function runners, the generic server, initramfs packing and the host client.
+//!
+//! Module map:
+//! - [`protocol`]: frames and typed messages (host ⇄ agent).
+//! - [`worker`]: the function-side frame format for worker-mode functions.
+
+pub mod protocol;
