@@ -11,6 +11,12 @@
 //! - Each device has one [`IrqTrigger`]; the builder registers its eventfd with KVM as
 //!   an irqfd on the device's GSI.
 
+pub mod descriptor;
+pub mod mmio;
+pub mod ratelimit;
+// pub mod rng;
+// pub mod vsock;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -20,6 +26,13 @@ use vmm_sys_util::eventfd::EventFd;
 pub const VIRTIO_MMIO_INT_VRING: u32 = 0x01;
 /// Interrupt status bit: the device configuration changed.
 pub const VIRTIO_MMIO_INT_CONFIG: u32 = 0x02;
+
+/// virtio device type of the entropy device.
+pub const TYPE_ENTROPY: u32 = 4;
+/// virtio device type of the socket (vsock) device.
+pub const TYPE_VSOCK: u32 = 19;
+/// Feature bit: the device complies with virtio 1.x (required: husk is modern-only).
+pub const VIRTIO_F_VERSION_1: u32 = 32;
 
 /// The interrupt line of one virtio-mmio device: an interrupt status word shared with
 /// the transport and an eventfd registered with KVM as an irqfd.
