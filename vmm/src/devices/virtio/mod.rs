@@ -14,7 +14,7 @@
 pub mod descriptor;
 pub mod mmio;
 pub mod ratelimit;
-// pub mod rng;
+pub mod rng;
 // pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
