@@ -5,4 +5,10 @@
 //! - [`protocol`]: frames and typed messages (host ⇄ agent).
 //! - [`worker`]: the function-side frame format for worker-mode functions.
 
+pub mod client;
+pub mod config;
 pub mod protocol;
+pub mod reaper;
+pub mod runner;
+pub mod server;
+pub mod worker;

@@ -1,0 +1,18 @@
+//! `fn-crasher`: dies. Payload `abort` calls abort (SIGABRT), `exit N` exits with code
+//! N, anything else raises SIGSEGV. Works in exec and worker mode.
+
+fn main() {
+    let code = husk_functions::run(|p| {
+        eprintln!("crasher about to crash");
+        if p == b"abort" {
+            std::process::abort();
+        }
+        if let Some(n) = p.strip_prefix(b"exit ") {
+            std::process::exit(husk_functions::parse_number(n).unwrap_or(1) as i32);
+        }
+        // SAFETY: raise(2) with a valid signal number; the default action ends us.
+        unsafe { libc::raise(libc::SIGSEGV) };
+        Ok(Vec::new())
+    });
+    std::process::exit(code);
+}

@@ -1,0 +1,197 @@
+use super::*;
+use crate::protocol::{ErrorCode, Status};
+use std::io::BufRead;
+use std::os::unix::net::UnixListener;
+use std::thread::JoinHandle;
+
+fn sock_path(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("husk-client-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+fn hello() -> Hello {
+    Hello {
+        protocol_version: 1,
+        agent_version: "test".into(),
+        sandbox_id: "sb".into(),
+        restore_generation: 0,
+    }
+}
+
+/// A fake VMM + agent: accepts one connection and runs `script` on it after reading
+/// the CONNECT line (which it returns).
+fn fake<F>(path: &Path, script: F) -> JoinHandle<String>
+where
+    F: FnOnce(&mut UnixStream) + Send + 'static,
+{
+    let l = UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(s.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        script(&mut s);
+        line
+    })
+}
+
+fn cfg(path: &Path) -> ClientConfig {
+    let mut c = ClientConfig::new(path);
+    c.connect_timeout = Duration::from_millis(300);
+    c
+}
+
+#[test]
+fn invoke_round_trip_through_hybrid_handshake() {
+    let p = sock_path("ok");
+    let h = fake(&p, |s| {
+        s.write_all(b"OK 1073741824\n").unwrap();
+        let codec = Codec::default();
+        codec.write_frame(s, &Message::Hello(hello())).unwrap();
+        let Message::Invoke(inv) = codec.read_frame(s).unwrap() else {
+            panic!("expected invoke")
+        };
+        let r = InvokeResult {
+            id: inv.id,
+            status: Status::Ok,
+            flags: 0,
+            duration_us: 1,
+            body: inv.payload,
+            stderr_tail: vec![],
+        };
+        codec.write_frame(s, &Message::Result(r)).unwrap();
+    });
+    let mut c = AgentClient::connect(&cfg(&p)).unwrap();
+    assert_eq!(c.hello(), &hello());
+    let r = c
+        .invoke(
+            Invoke {
+                id: 5,
+                deadline_ms: 100,
+                payload: b"ping\0".to_vec(),
+            },
+            Duration::from_secs(2),
+        )
+        .unwrap();
+    assert_eq!(r.id, 5);
+    assert_eq!(r.body, b"ping\0");
+    assert_eq!(h.join().unwrap(), "CONNECT 1024\n");
+}
+
+#[test]
+fn missing_socket_is_reported() {
+    let p = sock_path("missing");
+    assert!(matches!(
+        AgentClient::connect(&cfg(&p)),
+        Err(ClientError::SocketMissing(_))
+    ));
+}
+
+#[test]
+fn stale_socket_is_refused() {
+    let p = sock_path("stale");
+    drop(UnixListener::bind(&p).unwrap());
+    assert!(matches!(
+        AgentClient::connect(&cfg(&p)),
+        Err(ClientError::Refused(_))
+    ));
+}
+
+#[test]
+fn closed_after_connect_is_reported() {
+    let p = sock_path("closed");
+    let h = fake(&p, |_| {});
+    let mut c = cfg(&p);
+    c.port = 77;
+    assert!(matches!(
+        AgentClient::connect(&c),
+        Err(ClientError::HandshakeClosed(77))
+    ));
+    assert_eq!(h.join().unwrap(), "CONNECT 77\n");
+}
+
+#[test]
+fn bad_handshake_reply_is_reported() {
+    for reply in [&b"NOPE\n"[..], b"OK abc\n", &[b'A'; 100]] {
+        let p = sock_path("bad");
+        let reply = reply.to_vec();
+        let h = fake(&p, move |s| {
+            let _ = s.write_all(&reply);
+        });
+        let e = AgentClient::connect(&cfg(&p)).err().unwrap();
+        assert!(matches!(e, ClientError::HandshakeBadReply(_)), "{e:?}");
+        h.join().unwrap();
+    }
+}
+
+#[test]
+fn silent_peer_times_out() {
+    let p = sock_path("silent");
+    let h = fake(&p, |_| std::thread::sleep(Duration::from_millis(800)));
+    let e = AgentClient::connect(&cfg(&p)).err().unwrap();
+    assert!(matches!(e, ClientError::Timeout(_)), "{e:?}");
+    h.join().unwrap();
+
+    // Hello arrives, but the result never does.
+    let p = sock_path("silent2");
+    let h = fake(&p, |s| {
+        s.write_all(b"OK 1\n").unwrap();
+        Codec::default()
+            .write_frame(s, &Message::Hello(hello()))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+    });
+    let mut c = AgentClient::connect(&cfg(&p)).unwrap();
+    let e = c
+        .invoke(
+            Invoke {
+                id: 1,
+                deadline_ms: 0,
+                payload: vec![],
+            },
+            Duration::from_millis(200),
+        )
+        .unwrap_err();
+    assert!(matches!(e, ClientError::Timeout(_)), "{e:?}");
+    h.join().unwrap();
+}
+
+#[test]
+fn agent_error_and_garbage_are_reported() {
+    let p = sock_path("err");
+    let h = fake(&p, |s| {
+        s.write_all(b"OK 1\n").unwrap();
+        let codec = Codec::default();
+        codec.write_frame(s, &Message::Hello(hello())).unwrap();
+        let _ = codec.read_frame(s).unwrap();
+        codec
+            .write_frame(
+                s,
+                &Message::Error(ErrorMsg::new(ErrorCode::AlreadyUsed, "used")),
+            )
+            .unwrap();
+        let _ = codec.read_frame(s).unwrap();
+        s.write_all(b"garbage garbage!").unwrap();
+    });
+    let mut c = AgentClient::connect(&cfg(&p)).unwrap();
+    let inv = Invoke {
+        id: 1,
+        deadline_ms: 0,
+        payload: vec![],
+    };
+    let e = c.invoke(inv.clone(), Duration::from_secs(2)).unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Agent(m) if m.kind() == ErrorCode::AlreadyUsed),
+        "{e:?}"
+    );
+    let e = c.invoke(inv, Duration::from_secs(2)).unwrap_err();
+    assert!(
+        matches!(e, ClientError::Protocol(ProtocolError::BadMagic(_))),
+        "{e:?}"
+    );
+    h.join().unwrap();
+}

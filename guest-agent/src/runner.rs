@@ -1,0 +1,466 @@
+//! Running the function: exec mode (one process per invocation) and worker mode (one
+//! long-lived process speaking [`crate::worker`] frames), with deadlines, output caps and
+//! stderr tails. The function is untrusted: nothing it does may hang the agent.
+
+use std::io::{self, Read, Write};
+use std::process::{ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::config::{FunctionConfig, Mode};
+use crate::protocol::{Crash, Status, RESULT_OUTPUT_TRUNCATED, RESULT_WORKER_RESTARTED};
+use crate::reaper::{Exit, Reaper};
+use crate::worker;
+
+/// How many trailing stderr bytes are kept per invocation.
+pub const STDERR_TAIL: usize = 4096;
+/// How long to wait for a killed function to be reaped and its pipes to close.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// Errors starting a function.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The executable is missing or not executable.
+    #[error("function executable {0} is missing or not executable; check the packed initramfs")]
+    NotExecutable(String),
+    /// The process could not be started.
+    #[error("cannot start the function {path}")]
+    Spawn {
+        /// The executable.
+        path: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A pipe or thread could not be set up.
+    #[error("cannot set up the function's pipes or threads")]
+    Setup(#[source] io::Error),
+}
+
+/// What an invocation produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// How it ended.
+    pub status: Status,
+    /// `RESULT_*` flags.
+    pub flags: u32,
+    /// Captured stdout (exec) or response body (worker), cut at the cap.
+    pub body: Vec<u8>,
+    /// Last stderr bytes written during the invocation.
+    pub stderr_tail: Vec<u8>,
+}
+
+/// Last `cap` bytes of a stream, plus a running count of all bytes seen.
+#[derive(Debug, Default)]
+struct Tail {
+    buf: Vec<u8>,
+    total: u64,
+    cap: usize,
+}
+
+impl Tail {
+    fn push(&mut self, data: &[u8]) {
+        self.total += data.len() as u64;
+        self.buf.extend_from_slice(data);
+        if self.buf.len() > 2 * self.cap {
+            let cut = self.buf.len() - self.cap;
+            self.buf.drain(..cut);
+        }
+    }
+    /// Bytes written since the running count was `since`, at most `cap`.
+    fn since(&self, since: u64) -> Vec<u8> {
+        let new = (self.total - since).min(self.cap as u64) as usize;
+        let new = new.min(self.buf.len());
+        self.buf[self.buf.len() - new..].to_vec()
+    }
+}
+
+type SharedTail = Arc<Mutex<Tail>>;
+
+fn lock_tail(t: &SharedTail) -> std::sync::MutexGuard<'_, Tail> {
+    t.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Keep reading `r` into the tail until EOF; `done` is signalled at the end.
+fn spawn_tail_reader<R: Read + Send + 'static>(
+    mut r: R,
+    tail: SharedTail,
+    done: mpsc::Sender<()>,
+) -> io::Result<()> {
+    thread::Builder::new()
+        .name("fn-stderr".into())
+        .spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match r.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => lock_tail(&tail).push(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            let _ = done.send(());
+        })
+        .map(|_| ())
+}
+
+fn build_command(cfg: &FunctionConfig) -> Result<Command, RunError> {
+    let path = cfg.path.display().to_string();
+    if !is_executable(&cfg.path) {
+        return Err(RunError::NotExecutable(path));
+    }
+    let mut cmd = Command::new(&cfg.path);
+    cmd.args(&cfg.args)
+        .env_clear()
+        .envs(&cfg.env)
+        .env(
+            "HUSK_MODE",
+            match cfg.mode {
+                Mode::Exec => "exec",
+                Mode::Worker => "worker",
+            },
+        )
+        .current_dir(&cfg.workdir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    Ok(cmd)
+}
+
+fn is_executable(p: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+fn crash_of(exit: Exit) -> Crash {
+    match exit {
+        Exit::Signal(s) => Crash::Signal(s),
+        Exit::Code(c) => Crash::Exit(c),
+    }
+}
+
+/// Run one exec-mode invocation: payload on stdin, stdout is the body, the exit status
+/// decides ok / function error / crashed, the deadline kills the process group.
+pub fn run_exec(
+    reaper: &Reaper,
+    cfg: &FunctionConfig,
+    payload: Vec<u8>,
+    deadline: Duration,
+) -> Result<Outcome, RunError> {
+    let mut cmd = build_command(cfg)?;
+    let mut child = reaper.spawn(&mut cmd).map_err(|source| RunError::Spawn {
+        path: cfg.path.display().to_string(),
+        source,
+    })?;
+    let pid = child.id() as i32;
+    let start = Instant::now();
+    let (stdin, stdout, stderr) =
+        match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
+            (Some(i), Some(o), Some(e)) => (i, o, e),
+            _ => {
+                Reaper::kill_group(pid);
+                let _ = reaper.wait_timeout(pid, Some(GRACE));
+                return Err(RunError::Setup(io::Error::other("missing child pipe")));
+            }
+        };
+    let setup = (|| {
+        thread::Builder::new()
+            .name("fn-stdin".into())
+            .spawn(move || {
+                let mut stdin = stdin;
+                // EPIPE when the function does not read its input is fine.
+                let _ = stdin.write_all(&payload);
+            })?;
+        let (done_tx, done_rx) = mpsc::channel();
+        let out = Arc::new(Mutex::new(Capture::new(cfg.output_cap)));
+        let out2 = out.clone();
+        let tx = done_tx.clone();
+        thread::Builder::new()
+            .name("fn-stdout".into())
+            .spawn(move || {
+                let mut stdout = stdout;
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match stdout.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => lock_cap(&out2).push(&buf[..n]),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
+                }
+                let _ = tx.send(());
+            })?;
+        let tail = Arc::new(Mutex::new(Tail {
+            cap: STDERR_TAIL,
+            ..Tail::default()
+        }));
+        spawn_tail_reader(stderr, tail.clone(), done_tx)?;
+        Ok::<_, io::Error>((out, tail, done_rx))
+    })();
+    let (out, tail, done_rx) = match setup {
+        Ok(v) => v,
+        Err(e) => {
+            Reaper::kill_group(pid);
+            let _ = reaper.wait_timeout(pid, Some(GRACE));
+            return Err(RunError::Setup(e));
+        }
+    };
+
+    let remaining = deadline.saturating_sub(start.elapsed());
+    let exit = reaper.wait_timeout(pid, Some(remaining));
+    // Whatever happened, nothing of this invocation may outlive it.
+    Reaper::kill_group(pid);
+    let status = match exit {
+        None => {
+            let _ = reaper.wait_timeout(pid, Some(GRACE));
+            Status::Timeout
+        }
+        Some(Exit::Code(0)) => Status::Ok,
+        Some(Exit::Code(code)) => Status::FunctionError { code },
+        Some(Exit::Signal(s)) => Status::Crashed(Crash::Signal(s)),
+    };
+    // Wait (bounded) for both readers to see EOF so no output is lost.
+    let end = Instant::now() + GRACE;
+    for _ in 0..2 {
+        if done_rx
+            .recv_timeout(end.saturating_duration_since(Instant::now()))
+            .is_err()
+        {
+            break;
+        }
+    }
+    let cap = lock_cap(&out);
+    let tail = lock_tail(&tail);
+    Ok(Outcome {
+        status,
+        flags: if cap.truncated {
+            RESULT_OUTPUT_TRUNCATED
+        } else {
+            0
+        },
+        body: cap.buf.clone(),
+        stderr_tail: tail.since(0),
+    })
+}
+
+#[derive(Debug)]
+struct Capture {
+    buf: Vec<u8>,
+    cap: usize,
+    truncated: bool,
+}
+
+impl Capture {
+    fn new(cap: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            cap,
+            truncated: false,
+        }
+    }
+    fn push(&mut self, data: &[u8]) {
+        let room = self.cap.saturating_sub(self.buf.len());
+        if data.len() > room {
+            self.truncated = true;
+        }
+        self.buf.extend_from_slice(&data[..data.len().min(room)]);
+    }
+}
+
+fn lock_cap(c: &Arc<Mutex<Capture>>) -> std::sync::MutexGuard<'_, Capture> {
+    c.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A running worker-mode function.
+pub struct Worker {
+    pid: i32,
+    stdin: Arc<Mutex<ChildStdin>>,
+    responses: Receiver<io::Result<worker::Response>>,
+    stderr: SharedTail,
+}
+
+impl Worker {
+    /// Start the worker process.
+    pub fn start(reaper: &Reaper, cfg: &FunctionConfig) -> Result<Self, RunError> {
+        let mut cmd = build_command(cfg)?;
+        let mut child = reaper.spawn(&mut cmd).map_err(|source| RunError::Spawn {
+            path: cfg.path.display().to_string(),
+            source,
+        })?;
+        let pid = child.id() as i32;
+        let fail = |e: io::Error| {
+            Reaper::kill_group(pid);
+            let _ = reaper.wait_timeout(pid, Some(GRACE));
+            RunError::Setup(e)
+        };
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(fail(io::Error::other("missing child pipe")));
+        };
+        let (tx, responses) = mpsc::channel();
+        let cap = cfg.output_cap;
+        thread::Builder::new()
+            .name("worker-stdout".into())
+            .spawn(move || {
+                let mut stdout = io::BufReader::new(stdout);
+                loop {
+                    let r = worker::read_response(&mut stdout, cap);
+                    let failed = r.is_err();
+                    if tx.send(r).is_err() || failed {
+                        break;
+                    }
+                }
+            })
+            .map_err(fail)?;
+        let tail = Arc::new(Mutex::new(Tail {
+            cap: STDERR_TAIL,
+            ..Tail::default()
+        }));
+        let (done_tx, _done_rx) = mpsc::channel();
+        spawn_tail_reader(stderr, tail.clone(), done_tx).map_err(fail)?;
+        Ok(Self {
+            pid,
+            stdin: Arc::new(Mutex::new(stdin)),
+            responses,
+            stderr: tail,
+        })
+    }
+
+    /// The worker's process id.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Send one request and wait for its response until `deadline`. Returns the outcome
+    /// and whether the worker is still usable.
+    pub fn invoke(
+        &mut self,
+        reaper: &Reaper,
+        payload: Vec<u8>,
+        deadline: Duration,
+    ) -> (Outcome, bool) {
+        let start = Instant::now();
+        // Drop responses the worker wrote unasked (they would be mistaken for ours).
+        while let Ok(stale) = self.responses.try_recv() {
+            if stale.is_err() {
+                return self.died(reaper, 0);
+            }
+        }
+        let stderr_mark = lock_tail(&self.stderr).total;
+        let stdin = self.stdin.clone();
+        // Writing may block if the worker does not read; do it off this thread so the
+        // deadline still holds.
+        let spawned = thread::Builder::new()
+            .name("worker-stdin".into())
+            .spawn(move || {
+                let mut stdin = stdin.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = worker::write_request(&mut *stdin, &payload);
+            });
+        if spawned.is_err() {
+            return self.died(reaper, stderr_mark);
+        }
+        let remaining = deadline.saturating_sub(start.elapsed());
+        match self.responses.recv_timeout(remaining) {
+            Ok(Ok(resp)) => {
+                let outcome = Outcome {
+                    status: if resp.ok {
+                        Status::Ok
+                    } else {
+                        Status::FunctionError { code: 0 }
+                    },
+                    flags: if resp.truncated {
+                        RESULT_OUTPUT_TRUNCATED
+                    } else {
+                        0
+                    },
+                    body: resp.body,
+                    stderr_tail: self.stderr_since(stderr_mark),
+                };
+                (outcome, true)
+            }
+            Ok(Err(_)) | Err(RecvTimeoutError::Disconnected) => self.died(reaper, stderr_mark),
+            Err(RecvTimeoutError::Timeout) => {
+                Reaper::kill_group(self.pid);
+                let _ = reaper.wait_timeout(self.pid, Some(GRACE));
+                let outcome = Outcome {
+                    status: Status::Timeout,
+                    flags: RESULT_WORKER_RESTARTED,
+                    body: Vec::new(),
+                    stderr_tail: self.stderr_since(stderr_mark),
+                };
+                (outcome, false)
+            }
+        }
+    }
+
+    fn stderr_since(&self, mark: u64) -> Vec<u8> {
+        // Give the stderr reader a moment to catch up with what was written just before.
+        thread::yield_now();
+        lock_tail(&self.stderr).since(mark)
+    }
+
+    /// The worker's stdout ended or broke: collect its exit and report a crash.
+    fn died(&mut self, reaper: &Reaper, stderr_mark: u64) -> (Outcome, bool) {
+        let exit = reaper.wait_timeout(self.pid, Some(GRACE));
+        Reaper::kill_group(self.pid);
+        let exit = match exit {
+            Some(e) => e,
+            // Alive but speaking garbage: it is killed now.
+            None => reaper
+                .wait_timeout(self.pid, Some(GRACE))
+                .unwrap_or(Exit::Signal(libc::SIGKILL)),
+        };
+        thread::sleep(Duration::from_millis(20));
+        let outcome = Outcome {
+            status: Status::Crashed(crash_of(exit)),
+            flags: RESULT_WORKER_RESTARTED,
+            body: Vec::new(),
+            stderr_tail: lock_tail(&self.stderr).since(stderr_mark),
+        };
+        (outcome, false)
+    }
+
+    /// Kill the worker's process group.
+    pub fn kill(&self, reaper: &Reaper) {
+        Reaper::kill_group(self.pid);
+        let _ = reaper.wait_timeout(self.pid, Some(GRACE));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_last_bytes_since_mark() {
+        let mut t = Tail {
+            cap: 4,
+            ..Tail::default()
+        };
+        t.push(b"abcdef");
+        assert_eq!(t.since(0), b"cdef");
+        let mark = t.total;
+        t.push(b"xy");
+        assert_eq!(t.since(mark), b"xy");
+        for _ in 0..100 {
+            t.push(b"0123456789");
+        }
+        assert!(t.buf.len() <= 8);
+        assert_eq!(t.since(0), b"6789");
+    }
+
+    #[test]
+    fn capture_cuts_at_cap() {
+        let mut c = Capture::new(5);
+        c.push(b"abc");
+        assert!(!c.truncated);
+        c.push(b"defg");
+        assert_eq!(c.buf, b"abcde");
+        assert!(c.truncated);
+    }
+}

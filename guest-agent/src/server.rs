@@ -1,0 +1,388 @@
+//! The agent's server logic, generic over the listener (vsock in the guest, a Unix
+//! socket in tests): sends Hello on each connection, runs invocations one at a time,
+//! enforces the one-invocation rule and the restore handshake, and answers every
+//! malformed frame with an Error frame.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::config::{BootOptions, FunctionConfig, Mode, MAX_DEADLINE_MS};
+use crate::protocol::{
+    Codec, ErrorCode, ErrorMsg, Hello, Invoke, InvokeResult, Limits, Message, ProtocolError,
+    Restored, PROTOCOL_VERSION,
+};
+use crate::reaper::Reaper;
+use crate::runner::{run_exec, Outcome, RunError, Worker};
+
+/// The message sent when a second invocation reaches a single-use sandbox.
+pub const ALREADY_USED: &str =
+    "sandbox already used an invocation; start a new sandbox or boot with husk.reuse=1";
+/// The message sent when an invocation arrives before the restore handshake.
+pub const AWAITING_RESTORE: &str = "sandbox was restored from a snapshot and waits for the host's Restored message; send it before invoking";
+
+/// A byte stream the server can talk over.
+pub trait Connection: Read + Write + Send + 'static {
+    /// Set the read timeout (`None`: block).
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()>;
+    /// Set the write timeout (`None`: block).
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()>;
+}
+
+/// Something that accepts connections.
+pub trait Listener: Send + 'static {
+    /// The connection type.
+    type Conn: Connection;
+    /// Block until the next connection.
+    fn accept(&self) -> io::Result<Self::Conn>;
+}
+
+impl Connection for UnixStream {
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        UnixStream::set_read_timeout(self, t)
+    }
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        UnixStream::set_write_timeout(self, t)
+    }
+}
+
+impl Listener for UnixListener {
+    type Conn = UnixStream;
+    fn accept(&self) -> io::Result<UnixStream> {
+        UnixListener::accept(self).map(|(s, _)| s)
+    }
+}
+
+/// Hooks into the machine, so tests can run the server without being PID 1.
+pub trait Platform: Send + Sync + 'static {
+    /// The host asked for a shutdown: sync and reboot (PID 1) or record it (tests).
+    fn shutdown(&self);
+    /// Apply a restore: mix entropy, set the clock.
+    fn restored(&self, r: &Restored);
+}
+
+/// Server tunables.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Boot options.
+    pub boot: BootOptions,
+    /// The function.
+    pub function: FunctionConfig,
+    /// Time allowed to complete a frame once its first byte arrived.
+    pub frame_timeout: Duration,
+    /// Time a connection may sit idle between frames.
+    pub idle_timeout: Duration,
+    /// Time allowed to write a frame.
+    pub write_timeout: Duration,
+    /// Concurrent connections served; more are answered with Busy and closed.
+    pub max_connections: usize,
+}
+
+impl ServerConfig {
+    /// Defaults for the given boot options and function.
+    pub fn new(boot: BootOptions, function: FunctionConfig) -> Self {
+        Self {
+            boot,
+            function,
+            frame_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(600),
+            write_timeout: Duration::from_secs(10),
+            max_connections: 16,
+        }
+    }
+}
+
+struct State {
+    used: bool,
+    awaiting_restore: bool,
+    sandbox_id: String,
+    restore_generation: u64,
+}
+
+/// The agent: state shared by all connections.
+pub struct Agent {
+    cfg: ServerConfig,
+    codec: Codec,
+    state: Mutex<State>,
+    worker: Mutex<Option<Worker>>,
+    reaper: Reaper,
+    platform: Box<dyn Platform>,
+    connections: AtomicUsize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A random sandbox id (16 hex digits).
+pub fn random_id() -> String {
+    let mut b = [0u8; 8];
+    // SAFETY: the pointer and length describe `b`, which lives across the call.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != 8 {
+        // No entropy yet: fall back to time and pid; ids only need to differ.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        b = (t ^ u64::from(std::process::id())).to_le_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Agent {
+    /// Create the agent and, in worker mode, start the function.
+    pub fn new(
+        cfg: ServerConfig,
+        reaper: Reaper,
+        platform: Box<dyn Platform>,
+    ) -> Result<Arc<Self>, RunError> {
+        let worker = match cfg.function.mode {
+            Mode::Worker => Some(Worker::start(&reaper, &cfg.function)?),
+            Mode::Exec => None,
+        };
+        let state = State {
+            used: false,
+            awaiting_restore: cfg.boot.await_restore,
+            sandbox_id: cfg.boot.sandbox_id.clone().unwrap_or_else(random_id),
+            restore_generation: 0,
+        };
+        Ok(Arc::new(Self {
+            codec: Codec::new(Limits {
+                payload_limit: cfg.boot.payload_limit.max(cfg.function.output_cap),
+            }),
+            cfg,
+            state: Mutex::new(state),
+            worker: Mutex::new(worker),
+            reaper,
+            platform,
+            connections: AtomicUsize::new(0),
+        }))
+    }
+
+    /// The worker's pid, if a worker is running.
+    pub fn worker_pid(&self) -> Option<i32> {
+        lock(&self.worker).as_ref().map(Worker::pid)
+    }
+
+    fn hello(&self) -> Message {
+        let st = lock(&self.state);
+        Message::Hello(Hello {
+            protocol_version: u16::from(PROTOCOL_VERSION),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            sandbox_id: st.sandbox_id.clone(),
+            restore_generation: st.restore_generation,
+        })
+    }
+
+    /// Handle one request message and produce the reply (if any).
+    pub fn handle(&self, msg: Message) -> Option<Message> {
+        match msg {
+            Message::Invoke(inv) => Some(self.invoke(inv)),
+            Message::Ping(n) => Some(Message::Pong(n)),
+            Message::Restored(r) => Some(self.restore(r)),
+            Message::Shutdown => {
+                if let Some(w) = lock(&self.worker).take() {
+                    w.kill(&self.reaper);
+                }
+                self.platform.shutdown();
+                None
+            }
+            other => Some(error(
+                ErrorCode::UnexpectedMessage,
+                format!(
+                    "the agent does not accept {:?} messages; send invoke, ping, restored or shutdown",
+                    other.message_type()
+                ),
+            )),
+        }
+    }
+
+    fn restore(&self, r: Restored) -> Message {
+        if r.new_sandbox_id.is_empty() {
+            return error(
+                ErrorCode::Malformed,
+                "restored message needs a non-empty new_sandbox_id",
+            );
+        }
+        self.platform.restored(&r);
+        {
+            let mut st = lock(&self.state);
+            st.awaiting_restore = false;
+            st.restore_generation += 1;
+            st.sandbox_id = r.new_sandbox_id;
+        }
+        self.hello()
+    }
+
+    fn invoke(&self, inv: Invoke) -> Message {
+        let start = Instant::now();
+        let limit = self.cfg.boot.payload_limit;
+        if inv.payload.len() > limit {
+            return error(
+                ErrorCode::Oversized,
+                format!(
+                    "payload of {} bytes exceeds the sandbox limit of {limit} bytes (husk.payload_limit)",
+                    inv.payload.len()
+                ),
+            );
+        }
+        {
+            let mut st = lock(&self.state);
+            if st.awaiting_restore {
+                return error(ErrorCode::AwaitingRestore, AWAITING_RESTORE);
+            }
+            if st.used && !self.cfg.boot.reuse {
+                return error(ErrorCode::AlreadyUsed, ALREADY_USED);
+            }
+            st.used = true;
+        }
+        let deadline_ms = match inv.deadline_ms {
+            0 => self.cfg.function.deadline_ms,
+            d => d.min(MAX_DEADLINE_MS),
+        };
+        let deadline = Duration::from_millis(u64::from(deadline_ms));
+        let outcome = match self.cfg.function.mode {
+            Mode::Exec => run_exec(&self.reaper, &self.cfg.function, inv.payload, deadline),
+            Mode::Worker => self.invoke_worker(inv.payload, deadline),
+        };
+        match outcome {
+            Ok(o) => Message::Result(InvokeResult {
+                id: inv.id,
+                status: o.status,
+                flags: o.flags,
+                duration_us: start.elapsed().as_micros() as u64,
+                body: o.body,
+                stderr_tail: o.stderr_tail,
+            }),
+            Err(e) => error(ErrorCode::Internal, error_chain(&e)),
+        }
+    }
+
+    fn invoke_worker(&self, payload: Vec<u8>, deadline: Duration) -> Result<Outcome, RunError> {
+        // One invocation at a time: the worker holds a single request stream.
+        let mut slot = lock(&self.worker);
+        if slot.is_none() {
+            *slot = Some(Worker::start(&self.reaper, &self.cfg.function)?);
+        }
+        let Some(w) = slot.as_mut() else {
+            return Err(RunError::Setup(io::Error::other("worker missing")));
+        };
+        let (outcome, alive) = w.invoke(&self.reaper, payload, deadline);
+        if !alive {
+            *slot = None;
+            // Restart right away so the next invocation (reuse mode) finds it warm.
+            if self.cfg.boot.reuse {
+                match Worker::start(&self.reaper, &self.cfg.function) {
+                    Ok(w) => *slot = Some(w),
+                    Err(e) => log(&format!("cannot restart worker: {}", error_chain(&e))),
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Serve one connection until it closes or breaks.
+    pub fn serve_connection<C: Connection>(&self, mut conn: C) {
+        let _ = conn.set_write_timeout(Some(self.cfg.write_timeout));
+        if self.codec.write_frame(&mut conn, &self.hello()).is_err() {
+            return;
+        }
+        loop {
+            // Wait for the first byte of the next frame with the idle timeout, then
+            // give the rest of the frame the (shorter) frame timeout.
+            let _ = conn.set_read_timeout(Some(self.cfg.idle_timeout));
+            let mut first = [0u8; 1];
+            match conn.read(&mut first) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            }
+            let _ = conn.set_read_timeout(Some(self.cfg.frame_timeout));
+            let mut reader = io::Cursor::new(first).chain(&mut conn);
+            let msg = match self.codec.read_frame(&mut reader) {
+                Ok(m) => m,
+                Err(ProtocolError::Closed) => return,
+                Err(e) => {
+                    let keep = e.is_recoverable();
+                    let reply = error(e.code(), e.to_string());
+                    if self.codec.write_frame(&mut conn, &reply).is_err() || !keep {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let shutdown = matches!(msg, Message::Shutdown);
+            if let Some(reply) = self.handle(msg) {
+                if self.codec.write_frame(&mut conn, &reply).is_err() {
+                    return;
+                }
+            }
+            if shutdown {
+                return;
+            }
+        }
+    }
+
+    /// Accept connections forever, one thread each (bounded by `max_connections`).
+    pub fn serve<L: Listener>(self: &Arc<Self>, listener: L) -> io::Result<()> {
+        loop {
+            let mut conn = match listener.accept() {
+                Ok(c) => c,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log(&format!("accept failed: {e}"));
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            let n = self.connections.fetch_add(1, Ordering::SeqCst);
+            if n >= self.cfg.max_connections {
+                self.connections.fetch_sub(1, Ordering::SeqCst);
+                let _ = conn.set_write_timeout(Some(Duration::from_millis(200)));
+                let _ = self.codec.write_frame(
+                    &mut conn,
+                    &error(
+                        ErrorCode::Busy,
+                        "too many open connections to the agent; close idle ones and retry",
+                    ),
+                );
+                continue;
+            }
+            let me = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("conn".into())
+                .spawn(move || {
+                    me.serve_connection(conn);
+                    me.connections.fetch_sub(1, Ordering::SeqCst);
+                });
+            if spawned.is_err() {
+                self.connections.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> Message {
+    Message::Error(ErrorMsg::new(code, message))
+}
+
+/// Render an error with its sources, once.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Log a line to stderr (the guest console).
+pub fn log(msg: &str) {
+    eprintln!("husk-agent: {msg}");
+}
