@@ -10,6 +10,10 @@ fn main() {
         if let Some(n) = p.strip_prefix(b"exit ") {
             std::process::exit(husk_functions::parse_number(n).unwrap_or(1) as i32);
         }
+        // The Rust runtime's stack-overflow handler would swallow a raised SIGSEGV;
+        // restore the default action first.
+        // SAFETY: signal(2) with a valid signal number and the SIG_DFL disposition.
+        unsafe { libc::signal(libc::SIGSEGV, libc::SIG_DFL) };
         // SAFETY: raise(2) with a valid signal number; the default action ends us.
         unsafe { libc::raise(libc::SIGSEGV) };
         Ok(Vec::new())
