@@ -2,6 +2,8 @@
 //! functions (no VM, not PID 1). The listener speaks the hybrid vsock handshake like the
 //! VMM does, so the host client is exercised end to end too.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
