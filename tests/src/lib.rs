@@ -6,3 +6,4 @@ pub mod cpio;
 pub mod e2e;
 pub mod kvmhost;
 pub mod pgroup;
+pub mod testhost;
