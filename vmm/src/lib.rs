@@ -1,9 +1,29 @@
 //! husk VMM library: everything `husk` needs to build, run, pause and snapshot a microVM.
 //!
 //! Module map (see ARCHITECTURE.md for the full code map):
+//! - [`arch`]: the x86_64 memory map and boot structures (page tables, GDT, zero page,
+//!   MP table), CPUID and MSRs.
+//! - [`vstate`]: guest memory, the KVM VM, vCPUs and their threads.
 //! - [`devices`]: the device bus, legacy port-I/O devices and virtio-mmio devices.
+//! - [`builder`]: validated VM resources → a paused [`vmm::Vmm`].
+//! - [`vmm`]: the running VM: pause/resume, the event loop, the exit status.
+//! - [`config`], [`cli`]: Firecracker's JSON config file and the command line.
 
+pub mod arch;
+pub mod builder;
+pub mod cli;
+pub mod config;
 pub mod devices;
+pub mod logger;
+pub mod seccomp;
+pub mod stop;
+pub mod vmm;
+pub mod vstate;
 
 /// Guest memory type used throughout the VMM.
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+
+/// The event manager of the VMM thread; devices are subscribers.
+pub type EventManager = event_manager::EventManager<
+    std::sync::Arc<std::sync::Mutex<dyn event_manager::MutEventSubscriber + Send>>,
+>;

@@ -134,15 +134,24 @@ mod tests {
         bus.insert(a.clone(), 0x3f8, 8).unwrap();
         assert_eq!(
             bus.insert(Arc::new(Mutex::new(Recorder::default())), 0x3fc, 8),
-            Err(BusError::Overlap { base: 0x3fc, len: 8 })
+            Err(BusError::Overlap {
+                base: 0x3fc,
+                len: 8
+            })
         );
         assert_eq!(
             bus.insert(Arc::new(Mutex::new(Recorder::default())), 0x3f0, 9),
-            Err(BusError::Overlap { base: 0x3f0, len: 9 })
+            Err(BusError::Overlap {
+                base: 0x3f0,
+                len: 9
+            })
         );
         assert_eq!(
             bus.insert(Arc::new(Mutex::new(Recorder::default())), u64::MAX, 2),
-            Err(BusError::InvalidRange { base: u64::MAX, len: 2 })
+            Err(BusError::InvalidRange {
+                base: u64::MAX,
+                len: 2
+            })
         );
         bus.insert(Arc::new(Mutex::new(Recorder::default())), 0x400, 1)
             .unwrap();

@@ -1,0 +1,585 @@
+//! Building a microVM for boot: validated [`VmResources`] → a paused [`Vmm`].
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::{IoEventAddress, VmFd};
+use linux_loader::cmdline::Cmdline;
+use linux_loader::loader::bootparam::setup_header;
+use linux_loader::loader::{load_cmdline, BzImage, Elf, KernelLoader, KernelLoaderResult};
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::arch::x86_64::bootparams::{
+    build_boot_params, initrd_address, write_boot_params, BootParamsError, InitrdPlacement,
+};
+use crate::arch::x86_64::layout::{
+    self, CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, SERIAL_IRQ, SERIAL_PORT_BASE,
+};
+use crate::arch::x86_64::mptable::{setup_mptable, MptableError};
+use crate::arch::x86_64::regs::{write_boot_tables, RegsError};
+use crate::devices::legacy::{BootMarker, ConsoleSink, SerialDevice, I8042, I8042_PORTS};
+use crate::devices::{Bus, BusDevice, BusError};
+use crate::stop::StopSignal;
+use crate::vmm::{StopListener, Vmm};
+use crate::vstate::memory::{create_guest_memory, register_guest_memory, MemoryError};
+use crate::vstate::vcpu::{Vcpu, VcpuError};
+use crate::vstate::vm::{create_vm, host_kvm_is_pvm, open_kvm, VmError};
+use crate::{EventManager, GuestMemoryMmap};
+
+/// The default guest command line. `reboot=k` makes `reboot` go through the i8042
+/// reset (→ exit status 0); `panic=0` keeps a panicked kernel from rebooting so the
+/// VMM can report the panic (→ exit status 3).
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=0 pci=off nomodule \
+     i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet";
+
+/// Most vCPUs husk supports.
+pub const MAX_VCPUS: u8 = 32;
+/// Least guest memory husk accepts, in MiB.
+pub const MIN_MEM_MIB: u64 = 32;
+/// Most guest console bytes written to the sink (further output is dropped).
+pub const DEFAULT_CONSOLE_LIMIT: u64 = 64 << 20;
+
+/// Where the guest console goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsoleConfig {
+    /// The VMM's stdout (the default, as with Firecracker).
+    Stdout,
+    /// A file (created or truncated).
+    File(PathBuf),
+    /// Discarded (the panic scanner still runs).
+    Null,
+}
+
+/// The vsock device configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's CID (>= 3).
+    pub guest_cid: u64,
+    /// The host Unix socket path.
+    pub uds_path: PathBuf,
+}
+
+/// Everything needed to build a VM for boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmResources {
+    /// Number of vCPUs, 1..=32.
+    pub vcpus: u8,
+    /// Guest RAM in MiB.
+    pub mem_mib: u64,
+    /// Guest kernel (ELF vmlinux, or bzImage).
+    pub kernel: PathBuf,
+    /// Initramfs.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line; `None` means [`DEFAULT_CMDLINE`].
+    pub cmdline: Option<String>,
+    /// virtio-vsock.
+    pub vsock: Option<VsockConfig>,
+    /// virtio-rng.
+    pub entropy: bool,
+    /// Guest console sink.
+    pub console: ConsoleConfig,
+    /// Print the boot-ready line to stderr.
+    pub boot_timer: bool,
+}
+
+impl VmResources {
+    /// Resources with defaults (1 vCPU, 128 MiB, console on stdout) for `kernel`.
+    pub fn new(kernel: PathBuf) -> Self {
+        Self {
+            vcpus: 1,
+            mem_mib: 128,
+            kernel,
+            initrd: None,
+            cmdline: None,
+            vsock: None,
+            entropy: false,
+            console: ConsoleConfig::Stdout,
+            boot_timer: false,
+        }
+    }
+
+    /// Check the resources; every error says what to change.
+    pub fn validate(&self) -> Result<(), BuildError> {
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(BuildError::VcpuCount(self.vcpus));
+        }
+        if self.mem_mib < MIN_MEM_MIB {
+            return Err(BuildError::MemoryTooSmall(self.mem_mib));
+        }
+        if let Some(total) = host_memory_mib() {
+            if self.mem_mib > total {
+                return Err(BuildError::MemoryTooLarge {
+                    mib: self.mem_mib,
+                    host_mib: total,
+                });
+            }
+        }
+        check_file("kernel image", &self.kernel)?;
+        if let Some(i) = &self.initrd {
+            check_file("initrd", i)?;
+        }
+        if let Some(v) = &self.vsock {
+            if v.guest_cid < 3 || v.guest_cid > u64::from(u32::MAX - 1) {
+                return Err(BuildError::VsockCid(v.guest_cid));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_file(what: &'static str, path: &std::path::Path) -> Result<(), BuildError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(BuildError::NotAFile(what, path.to_path_buf())),
+        Err(e) => Err(BuildError::FileAccess(what, path.to_path_buf(), e)),
+    }
+}
+
+/// The host's total RAM in MiB (from /proc/meminfo), if readable.
+fn host_memory_mib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+/// Errors building a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Bad vCPU count.
+    #[error("vcpu count {0} is out of range: use 1 to {MAX_VCPUS}")]
+    VcpuCount(u8),
+    /// Too little memory.
+    #[error("guest memory of {0} MiB is too small: use at least {MIN_MEM_MIB} MiB")]
+    MemoryTooSmall(u64),
+    /// More memory than the host has.
+    #[error("guest memory of {mib} MiB does not fit: the host has {host_mib} MiB in total")]
+    MemoryTooLarge {
+        /// Requested.
+        mib: u64,
+        /// Host total.
+        host_mib: u64,
+    },
+    /// A file cannot be accessed.
+    #[error("cannot access the {0} {1}")]
+    FileAccess(&'static str, PathBuf, #[source] std::io::Error),
+    /// A path is not a regular file.
+    #[error("the {0} {1} is not a regular file")]
+    NotAFile(&'static str, PathBuf),
+    /// Bad vsock CID.
+    #[error("vsock guest CID {0} is invalid: use a value from 3 to 4294967294")]
+    VsockCid(u64),
+    /// KVM setup.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// Guest memory.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Kernel loading.
+    #[error("cannot load the kernel {0}: it must be an x86_64 ELF vmlinux or a bzImage ({1:?})")]
+    Kernel(PathBuf, linux_loader::loader::Error),
+    /// Initrd loading.
+    #[error("cannot read the initrd {0}")]
+    Initrd(PathBuf, #[source] std::io::Error),
+    /// Initrd placement.
+    #[error(transparent)]
+    BootParams(#[from] BootParamsError),
+    /// The command line is invalid or too long.
+    #[error(
+        "invalid kernel command line (at most {CMDLINE_MAX_SIZE} bytes, printable ASCII): {0}"
+    )]
+    Cmdline(linux_loader::cmdline::Error),
+    /// Writing the command line failed.
+    #[error("cannot write the kernel command line into guest memory: {0:?}")]
+    CmdlineWrite(linux_loader::loader::Error),
+    /// MP table.
+    #[error(transparent)]
+    Mptable(#[from] MptableError),
+    /// Boot page tables/GDT.
+    #[error(transparent)]
+    Regs(#[from] RegsError),
+    /// vCPU setup.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// Device bus.
+    #[error("device address conflict")]
+    Bus(#[from] BusError),
+    /// An eventfd or other OS resource.
+    #[error("cannot {0}")]
+    Io(&'static str, #[source] std::io::Error),
+    /// KVM device wiring (irqfd/ioeventfd).
+    #[error("KVM refused to {0}")]
+    Kvm(&'static str, #[source] kvm_ioctls::Error),
+    /// No more virtio-mmio windows/IRQs.
+    #[error("too many virtio devices: husk has room for 19")]
+    TooManyDevices,
+    /// A virtio device failed to start.
+    #[error("cannot create the {0} device: {1}")]
+    Device(&'static str, String),
+}
+
+/// The loaded kernel: entry point, end, and the bzImage setup header if any.
+struct LoadedKernel {
+    entry: u64,
+    end: u64,
+    header: Option<setup_header>,
+}
+
+fn load_kernel(mem: &GuestMemoryMmap, path: &PathBuf) -> Result<LoadedKernel, BuildError> {
+    let mut f =
+        File::open(path).map_err(|e| BuildError::FileAccess("kernel image", path.clone(), e))?;
+    let high = Some(GuestAddress(HIMEM_START));
+    let elf: Result<KernelLoaderResult, _> = Elf::load(mem, None, &mut f, high);
+    match elf {
+        Ok(r) => Ok(LoadedKernel {
+            entry: r.kernel_load.0,
+            end: r.kernel_end,
+            header: None,
+        }),
+        Err(linux_loader::loader::Error::Elf(
+            linux_loader::loader::elf::Error::InvalidElfMagicNumber,
+        )) => {
+            let r = BzImage::load(mem, None, &mut f, high)
+                .map_err(|e| BuildError::Kernel(path.clone(), e))?;
+            // The 64-bit entry point of a bzImage is 0x200 past the protected-mode code.
+            Ok(LoadedKernel {
+                entry: r.kernel_load.0 + 0x200,
+                end: r.kernel_end,
+                header: r.setup_header,
+            })
+        }
+        Err(e) => Err(BuildError::Kernel(path.clone(), e)),
+    }
+}
+
+fn load_initrd(
+    mem: &GuestMemoryMmap,
+    path: &PathBuf,
+    mem_size: u64,
+    kernel_end: u64,
+) -> Result<InitrdPlacement, BuildError> {
+    let mut f = File::open(path).map_err(|e| BuildError::Initrd(path.clone(), e))?;
+    let size = f
+        .metadata()
+        .map_err(|e| BuildError::Initrd(path.clone(), e))?
+        .len();
+    let address = initrd_address(mem_size, kernel_end, size)?;
+    mem.read_exact_volatile_from(GuestAddress(address), &mut f, size as usize)
+        .map_err(|e| BuildError::Initrd(path.clone(), std::io::Error::other(e.to_string())))?;
+    Ok(InitrdPlacement { address, size })
+}
+
+fn console_sink(cfg: &ConsoleConfig, stop: StopSignal) -> Result<ConsoleSink, BuildError> {
+    let out: Box<dyn std::io::Write + Send> = match cfg {
+        ConsoleConfig::Stdout => Box::new(std::io::stdout()),
+        ConsoleConfig::File(p) => {
+            Box::new(std::io::LineWriter::new(File::create(p).map_err(|e| {
+                BuildError::FileAccess("console file", p.clone(), e)
+            })?))
+        }
+        ConsoleConfig::Null => Box::new(std::io::sink()),
+    };
+    Ok(ConsoleSink::new(out, DEFAULT_CONSOLE_LIMIT, Some(stop)))
+}
+
+/// The legacy devices on the port-I/O bus: UART (irqfd on GSI 4), i8042, marker.
+/// Returns the marker's ready timestamp.
+fn attach_legacy_devices(
+    vm: &VmFd,
+    io_bus: &mut Bus,
+    res: &VmResources,
+    stop: &StopSignal,
+) -> Result<Arc<std::sync::atomic::AtomicU64>, BuildError> {
+    let irq = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
+        .map_err(|e| BuildError::Io("create the serial interrupt eventfd", e))?;
+    let sink = console_sink(
+        &res.console,
+        stop.try_clone()
+            .map_err(|e| BuildError::Io("clone the stop eventfd", e))?,
+    )?;
+    let serial = SerialDevice::new(irq, sink);
+    vm.register_irqfd(serial.irq_evt(), SERIAL_IRQ)
+        .map_err(|e| BuildError::Kvm("register the serial irqfd", e))?;
+    io_bus.insert(Arc::new(Mutex::new(serial)), u64::from(SERIAL_PORT_BASE), 8)?;
+    let i8042 = I8042::new(
+        stop.try_clone()
+            .map_err(|e| BuildError::Io("clone the stop eventfd", e))?,
+    );
+    io_bus.insert(
+        Arc::new(Mutex::new(i8042)),
+        u64::from(layout::I8042_PORT_BASE),
+        I8042_PORTS,
+    )?;
+    let marker = BootMarker::new(res.boot_timer);
+    let ready = marker.ready_at();
+    io_bus.insert(
+        Arc::new(Mutex::new(marker)),
+        u64::from(layout::BOOT_MARKER_PORT),
+        1,
+    )?;
+    Ok(ready)
+}
+
+/// Wiring for virtio-mmio devices: windows, IRQs and the command line entries.
+pub struct MmioAttacher {
+    next: u32,
+    entries: Vec<String>,
+}
+
+impl MmioAttacher {
+    /// No devices yet.
+    pub fn new() -> Self {
+        Self {
+            next: 0,
+            entries: Vec::new(),
+        }
+    }
+
+    /// Attach a virtio device: its transport goes on the MMIO bus at the next window,
+    /// each queue's eventfd becomes an ioeventfd on QueueNotify (datamatch = queue
+    /// index), its interrupt eventfd an irqfd on the window's GSI, and the device an
+    /// event-manager subscriber. Returns (base, irq).
+    pub fn attach<D>(
+        &mut self,
+        vm: &VmFd,
+        mmio_bus: &mut Bus,
+        em: &mut EventManager,
+        transport: Arc<Mutex<dyn BusDevice>>,
+        device: Arc<Mutex<D>>,
+    ) -> Result<(u64, u32), BuildError>
+    where
+        D: crate::devices::virtio::VirtioDevice + event_manager::MutEventSubscriber + 'static,
+    {
+        let (base, irq) =
+            layout::virtio_mmio_window(self.next).ok_or(BuildError::TooManyDevices)?;
+        {
+            let d = crate::devices::bus::lock(&device);
+            for (i, evt) in d.queue_events().iter().enumerate() {
+                vm.register_ioevent(
+                    evt,
+                    &IoEventAddress::Mmio(base + MMIO_QUEUE_NOTIFY),
+                    i as u32,
+                )
+                .map_err(|e| BuildError::Kvm("register a virtio queue ioeventfd", e))?;
+            }
+            vm.register_irqfd(&d.interrupt().irq_evt, irq)
+                .map_err(|e| BuildError::Kvm("register a virtio irqfd", e))?;
+        }
+        mmio_bus.insert(transport, base, layout::VIRTIO_MMIO_SIZE)?;
+        use event_manager::SubscriberOps;
+        em.add_subscriber(device);
+        self.entries
+            .push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
+        self.next += 1;
+        Ok((base, irq))
+    }
+
+    /// The `virtio_mmio.device=` command line entries for the attached devices.
+    pub fn cmdline_entries(&self) -> &[String] {
+        &self.entries
+    }
+}
+
+impl Default for MmioAttacher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Offset of the QueueNotify register in a virtio-mmio window.
+pub const MMIO_QUEUE_NOTIFY: u64 = 0x50;
+
+fn attach_virtio_devices(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    mmio_bus: &mut Bus,
+    em: &mut EventManager,
+    res: &VmResources,
+) -> Result<MmioAttacher, BuildError> {
+    let mut attacher = MmioAttacher::new();
+    if res.entropy {
+        use crate::devices::virtio::mmio::MmioTransport;
+        use crate::devices::virtio::rng::Entropy;
+        let dev = Arc::new(Mutex::new(
+            Entropy::new().map_err(|e| BuildError::Device("entropy", e.to_string()))?,
+        ));
+        let transport = MmioTransport::new(mem.clone(), dev.clone());
+        attacher.attach(vm, mmio_bus, em, Arc::new(Mutex::new(transport)), dev)?;
+    }
+    if res.vsock.is_some() {
+        return Err(BuildError::Device(
+            "vsock",
+            "virtio-vsock is not available in this build yet".into(),
+        ));
+    }
+    Ok(attacher)
+}
+
+fn build_cmdline(res: &VmResources, virtio: &MmioAttacher) -> Result<Cmdline, BuildError> {
+    let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(BuildError::Cmdline)?;
+    cmdline
+        .insert_str(res.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE))
+        .map_err(BuildError::Cmdline)?;
+    for e in virtio.cmdline_entries() {
+        cmdline.insert_str(e).map_err(BuildError::Cmdline)?;
+    }
+    Ok(cmdline)
+}
+
+/// Build a VM ready to boot, with its vCPUs created, configured and **paused**.
+/// Devices are registered with `em`; run the VM with [`Vmm::resume`] and
+/// [`Vmm::run_until_exit`].
+pub fn build_microvm_for_boot(res: &VmResources, em: &mut EventManager) -> Result<Vmm, BuildError> {
+    res.validate()?;
+    let kvm = open_kvm()?;
+    if host_kvm_is_pvm() {
+        log::warn!(
+            "the local KVM is PVM-backed (no hardware virtualization): unless the guest kernel \
+             is PVM-aware, the guest will run emulated at ~1 MIPS"
+        );
+    }
+    let mem_size = res.mem_mib << 20;
+    let mem = create_guest_memory(res.mem_mib)?;
+    let vm = create_vm(&kvm)?;
+    // SAFETY: `mem` is moved into the returned Vmm, which declares `vm` (and the vCPU
+    // handles, which join their threads on drop) before `mem`, so the mappings outlive
+    // every user of the VM.
+    unsafe { register_guest_memory(&vm, &mem)? };
+
+    let kernel = load_kernel(&mem, &res.kernel)?;
+    let initrd = match &res.initrd {
+        Some(p) => Some(load_initrd(&mem, p, mem_size, kernel.end)?),
+        None => None,
+    };
+
+    let stop = StopSignal::new().map_err(|e| BuildError::Io("create the stop eventfd", e))?;
+    let mut io_bus = Bus::new();
+    let ready_at = attach_legacy_devices(&vm, &mut io_bus, res, &stop)?;
+    let mut mmio_bus = Bus::new();
+    let virtio = attach_virtio_devices(&vm, &mem, &mut mmio_bus, em, res)?;
+
+    let cmdline = build_cmdline(res, &virtio)?;
+    load_cmdline(&mem, GuestAddress(CMDLINE_START), &cmdline).map_err(BuildError::CmdlineWrite)?;
+    let cmdline_len = cmdline
+        .as_cstring()
+        .map(|c| c.as_bytes().len())
+        .unwrap_or(0);
+    let mut params = build_boot_params(mem_size, cmdline_len + 1, initrd);
+    if let Some(hdr) = kernel.header {
+        // bzImage: start from the image's own setup header, then set ours on top.
+        let ours = params.hdr;
+        params.hdr = hdr;
+        params.hdr.type_of_loader = ours.type_of_loader;
+        params.hdr.cmd_line_ptr = ours.cmd_line_ptr;
+        params.hdr.cmdline_size = ours.cmdline_size;
+        params.hdr.ramdisk_image = ours.ramdisk_image;
+        params.hdr.ramdisk_size = ours.ramdisk_size;
+    }
+    write_boot_params(&mem, &params)?;
+    setup_mptable(&mem, res.vcpus)?;
+    write_boot_tables(&mem)?;
+    log::debug!(
+        "kernel entry {:#x}, end {:#x}, cmdline {:?}",
+        kernel.entry,
+        kernel.end,
+        cmdline.as_cstring().ok()
+    );
+
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| BuildError::Kvm("report its supported CPUID", e))?;
+    let mut vcpus = Vec::with_capacity(usize::from(res.vcpus));
+    for i in 0..res.vcpus {
+        let vcpu = Vcpu::new(
+            &vm,
+            i,
+            io_bus.clone(),
+            mmio_bus.clone(),
+            stop.try_clone()
+                .map_err(|e| BuildError::Io("clone the stop eventfd", e))?,
+        )?;
+        vcpu.configure(&supported, res.vcpus, (i == 0).then_some(kernel.entry))?;
+        vcpus.push(vcpu.start()?);
+    }
+
+    use event_manager::SubscriberOps;
+    let listener = StopListener::new(
+        stop.try_clone()
+            .map_err(|e| BuildError::Io("clone the stop eventfd", e))?,
+    );
+    em.add_subscriber(Arc::new(Mutex::new(listener)));
+
+    Ok(Vmm::new(vcpus, stop, ready_at, io_bus, mmio_bus, vm, mem))
+}
+
+/// Write `bytes` at `addr` (helper for tests that build guests by hand).
+pub fn write_guest(mem: &GuestMemoryMmap, addr: u64, bytes: &[u8]) -> bool {
+    mem.write_slice(bytes, GuestAddress(addr)).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_errors_say_what_to_fix() {
+        let mut r = VmResources::new(PathBuf::from("/nonexistent/vmlinux"));
+        assert!(matches!(
+            r.validate(),
+            Err(BuildError::FileAccess("kernel image", _, _))
+        ));
+        r.kernel = PathBuf::from("/proc/self/exe");
+        r.kernel = std::env::current_exe().unwrap();
+        r.validate().unwrap();
+        r.vcpus = 0;
+        assert!(matches!(r.validate(), Err(BuildError::VcpuCount(0))));
+        r.vcpus = 33;
+        assert!(matches!(r.validate(), Err(BuildError::VcpuCount(33))));
+        r.vcpus = 2;
+        r.mem_mib = 8;
+        assert!(r
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("at least 32 MiB"));
+        r.mem_mib = 1 << 30;
+        assert!(r
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("does not fit"));
+        r.mem_mib = 64;
+        r.initrd = Some(PathBuf::from("/tmp"));
+        assert!(matches!(
+            r.validate(),
+            Err(BuildError::NotAFile("initrd", _))
+        ));
+        r.initrd = None;
+        r.vsock = Some(VsockConfig {
+            guest_cid: 2,
+            uds_path: "/tmp/v.sock".into(),
+        });
+        assert!(matches!(r.validate(), Err(BuildError::VsockCid(2))));
+    }
+
+    #[test]
+    fn cmdline_gets_virtio_entries() {
+        let r = VmResources::new(PathBuf::from("k"));
+        let mut a = MmioAttacher::new();
+        a.entries.push("virtio_mmio.device=4K@0xd0000000:5".into());
+        let c = build_cmdline(&r, &a).unwrap();
+        let s = c.as_cstring().unwrap().into_string().unwrap();
+        assert!(s.starts_with("console=ttyS0 reboot=k panic=0"));
+        assert!(s.ends_with(" virtio_mmio.device=4K@0xd0000000:5"));
+        let long = VmResources {
+            cmdline: Some("x".repeat(3000)),
+            ..r
+        };
+        assert!(matches!(
+            build_cmdline(&long, &a),
+            Err(BuildError::Cmdline(_))
+        ));
+    }
+}

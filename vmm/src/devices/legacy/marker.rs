@@ -1,0 +1,89 @@
+//! The boot-ready marker port (0x440): the guest writes 0x7b when it is ready; the VMM
+//! timestamps it (nanoseconds since the VMM process started).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::arch::x86_64::layout::BOOT_MARKER_READY;
+use crate::devices::BusDevice;
+use crate::logger::{nanos_since_start, RateLimit};
+
+/// "Not ready yet" in [`BootMarker::ready_at`].
+pub const NOT_READY: u64 = u64::MAX;
+
+/// The marker device.
+pub struct BootMarker {
+    ready_at: Arc<AtomicU64>,
+    print_to_stderr: bool,
+}
+
+static ODD_WRITES: RateLimit = RateLimit::new(5, 10_000);
+
+impl BootMarker {
+    /// A marker; with `print_to_stderr` (`--boot-timer`) the ready line also goes to
+    /// stderr.
+    pub fn new(print_to_stderr: bool) -> Self {
+        Self {
+            ready_at: Arc::new(AtomicU64::new(NOT_READY)),
+            print_to_stderr,
+        }
+    }
+
+    /// Shared "ready at" timestamp in ns since process start ([`NOT_READY`] until then).
+    pub fn ready_at(&self) -> Arc<AtomicU64> {
+        self.ready_at.clone()
+    }
+}
+
+impl BusDevice for BootMarker {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0xff);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset != 0 || data.first() != Some(&BOOT_MARKER_READY) {
+            crate::log_limited!(
+                ODD_WRITES,
+                debug,
+                "ignoring write {data:?} to the boot marker port"
+            );
+            return;
+        }
+        let now = nanos_since_start();
+        // Only the first ready write counts.
+        if self
+            .ready_at
+            .compare_exchange(NOT_READY, now, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            let line = format!(
+                "guest ready after {}.{:03} ms",
+                now / 1_000_000,
+                (now / 1000) % 1000
+            );
+            log::info!("{line}");
+            if self.print_to_stderr {
+                eprintln!("husk: {line}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_magic_value_marks_ready_once() {
+        let mut m = BootMarker::new(false);
+        let at = m.ready_at();
+        m.write(0, &[0x7a]);
+        assert_eq!(at.load(Ordering::SeqCst), NOT_READY);
+        m.write(0, &[0x7b]);
+        let first = at.load(Ordering::SeqCst);
+        assert_ne!(first, NOT_READY);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        m.write(0, &[0x7b]);
+        assert_eq!(at.load(Ordering::SeqCst), first);
+    }
+}

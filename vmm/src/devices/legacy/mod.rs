@@ -1,0 +1,10 @@
+//! Legacy port-I/O devices: the 8250 console UART, the i8042 (reset only) and the
+//! boot-ready marker port.
+
+pub mod i8042;
+pub mod marker;
+pub mod serial;
+
+pub use i8042::{I8042, I8042_PORTS};
+pub use marker::BootMarker;
+pub use serial::{ConsoleSink, SerialDevice};

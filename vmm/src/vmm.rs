@@ -1,0 +1,177 @@
+//! The running microVM: vCPU handles, buses, guest memory and the stop signal, driven
+//! from the VMM thread's event loop.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use kvm_ioctls::VmFd;
+use vmm_sys_util::epoll::EventSet;
+
+use crate::devices::legacy::marker::NOT_READY;
+use crate::devices::Bus;
+use crate::stop::{StopReason, StopSignal};
+use crate::vstate::vcpu::{VcpuError, VcpuHandle, VcpuState};
+use crate::{EventManager, GuestMemoryMmap};
+
+/// Errors driving a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// A vCPU did not follow a command.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// The event loop failed.
+    #[error("the VMM event loop failed: {0:?}")]
+    EventLoop(event_manager::Error),
+}
+
+/// Event-manager subscriber that drains the stop eventfd; the run loop then reads the
+/// reason from the [`StopSignal`].
+pub struct StopListener {
+    stop: StopSignal,
+}
+
+impl StopListener {
+    /// Listen on `stop`.
+    pub fn new(stop: StopSignal) -> Self {
+        Self { stop }
+    }
+}
+
+impl MutEventSubscriber for StopListener {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.stop.eventfd().read();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(self.stop.eventfd(), EventSet::IN)) {
+            log::error!("cannot watch the stop eventfd: {e:?}");
+        }
+    }
+}
+
+/// A built microVM. Field order matters: vCPU threads are joined and the VM fd closed
+/// before guest memory is unmapped.
+pub struct Vmm {
+    vcpus: Vec<VcpuHandle>,
+    stop: StopSignal,
+    ready_at: Arc<AtomicU64>,
+    io_bus: Bus,
+    mmio_bus: Bus,
+    vm: VmFd,
+    mem: GuestMemoryMmap,
+    boot_timeout: Option<Duration>,
+}
+
+impl Vmm {
+    /// Assemble a VMM (used by the builder).
+    pub fn new(
+        vcpus: Vec<VcpuHandle>,
+        stop: StopSignal,
+        ready_at: Arc<AtomicU64>,
+        io_bus: Bus,
+        mmio_bus: Bus,
+        vm: VmFd,
+        mem: GuestMemoryMmap,
+    ) -> Self {
+        Self {
+            vcpus,
+            stop,
+            ready_at,
+            io_bus,
+            mmio_bus,
+            vm,
+            mem,
+            boot_timeout: None,
+        }
+    }
+
+    /// Stop the VM with [`StopReason::BootTimeout`] if the guest has not written the
+    /// ready marker within `timeout` of [`Vmm::run_until_exit`] starting.
+    pub fn set_boot_timeout(&mut self, timeout: Option<Duration>) {
+        self.boot_timeout = timeout;
+    }
+
+    /// Run (or continue running) all vCPUs.
+    pub fn resume(&self) -> Result<(), VmmError> {
+        for v in &self.vcpus {
+            v.resume()?;
+        }
+        Ok(())
+    }
+
+    /// Pause all vCPUs; returns when every one is paused.
+    pub fn pause(&self) -> Result<(), VmmError> {
+        for v in &self.vcpus {
+            v.pause()?;
+        }
+        Ok(())
+    }
+
+    /// Save every vCPU's state (pause first).
+    pub fn save_vcpu_states(&self) -> Result<Vec<VcpuState>, VmmError> {
+        self.vcpus
+            .iter()
+            .map(|v| v.save_state().map_err(VmmError::from))
+            .collect()
+    }
+
+    /// Ask the VM to stop (as if a device did).
+    pub fn request_stop(&self, reason: StopReason) {
+        self.stop.stop(reason);
+    }
+
+    /// When the guest wrote the ready marker, in ns since the VMM process started.
+    pub fn ready_at_ns(&self) -> Option<u64> {
+        let v = self.ready_at.load(Ordering::SeqCst);
+        (v != NOT_READY).then_some(v)
+    }
+
+    /// Guest memory.
+    pub fn guest_memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// The KVM VM.
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.vm
+    }
+
+    /// The port-I/O bus.
+    pub fn io_bus(&self) -> &Bus {
+        &self.io_bus
+    }
+
+    /// The MMIO bus.
+    pub fn mmio_bus(&self) -> &Bus {
+        &self.mmio_bus
+    }
+
+    /// Run the event loop until the VM stops; then end the vCPU threads and return why
+    /// it stopped.
+    pub fn run_until_exit(&mut self, em: &mut EventManager) -> Result<StopReason, VmmError> {
+        let started = Instant::now();
+        loop {
+            if let Some(reason) = self.stop.reason() {
+                self.shutdown();
+                return Ok(reason);
+            }
+            if let Some(t) = self.boot_timeout {
+                if self.ready_at_ns().is_none() && started.elapsed() >= t {
+                    log::error!("the guest did not signal ready within {t:?}; stopping it");
+                    self.stop.stop(StopReason::BootTimeout);
+                    continue;
+                }
+            }
+            em.run_with_timeout(100).map_err(VmmError::EventLoop)?;
+        }
+    }
+
+    /// End all vCPU threads.
+    pub fn shutdown(&mut self) {
+        for v in &mut self.vcpus {
+            v.exit();
+        }
+    }
+}

@@ -1,0 +1,571 @@
+//! vCPUs: configuration for boot, one thread each, driven through a [`VcpuHandle`].
+//!
+//! Each vCPU thread is a visible state machine:
+//!
+//! ```text
+//!            Resume                 Pause (+kick)
+//!  Paused ─────────▶ Running ─────────────────────▶ Paused
+//!    │                  │ guest reset / error: StopSignal, then Exited
+//!    └──── Exit ───────▶ Exited ◀──── Exit (+kick)
+//! ```
+//!
+//! Commands go over a channel; a kick (signal [`kick_signal`] with a no-op handler
+//! that also sets `kvm_run.immediate_exit`) makes a running `KVM_RUN` return so the
+//! thread sees the command. Exit handling is the plain function [`handle_exit`].
+
+use std::cell::Cell;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::Once;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvm_bindings::{
+    kvm_fpu, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events,
+    CpuId, Msrs,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use serde::{Deserialize, Serialize};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::arch::x86_64::cpuid::{filter_cpuid, CpuidConfig};
+use crate::arch::x86_64::msr::{boot_msr_entries, setup_msrs, MsrError};
+use crate::arch::x86_64::regs::{setup_boot_vcpu, RegsError};
+use crate::devices::Bus;
+use crate::logger::RateLimit;
+use crate::stop::{StopReason, StopSignal};
+
+/// Errors creating, configuring or driving a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// KVM_CREATE_VCPU failed.
+    #[error("KVM cannot create vCPU {0}")]
+    Create(u8, #[source] kvm_ioctls::Error),
+    /// A KVM vCPU ioctl failed.
+    #[error("KVM failed to {0}")]
+    Ioctl(&'static str, #[source] kvm_ioctls::Error),
+    /// Register setup failed.
+    #[error(transparent)]
+    Regs(#[from] RegsError),
+    /// MSR setup failed.
+    #[error(transparent)]
+    Msr(#[from] MsrError),
+    /// The vCPU thread could not be spawned.
+    #[error("cannot spawn the vCPU thread")]
+    Spawn(#[source] std::io::Error),
+    /// The kick signal handler could not be installed.
+    #[error("cannot install the vCPU kick signal handler")]
+    Signal(#[source] vmm_sys_util::errno::Error),
+    /// The vCPU thread did not answer in time or is gone.
+    #[error("vCPU {0} did not respond to {1}")]
+    NoResponse(u8, &'static str),
+}
+
+/// What the vCPU loop does after an exit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitAction {
+    /// Keep running the guest.
+    Continue,
+    /// Stop the VM for this reason.
+    Stop(StopReason),
+}
+
+static UNOWNED_IO: RateLimit = RateLimit::new(20, 1000);
+static UNOWNED_MMIO: RateLimit = RateLimit::new(20, 1000);
+static ODD_EXIT: RateLimit = RateLimit::new(10, 1000);
+
+/// Ports Linux pokes that have no device behind them on purpose: 0x80 (I/O delay),
+/// 0x61 (speaker/NMI status), 0x70/0x71 (CMOS RTC), 0x87 (DMA page), 0xed (delay),
+/// the other legacy UARTs, PCI config (0xcf8..0xcff), and 0x92 (fast A20).
+fn is_quiet_port(port: u16) -> bool {
+    matches!(
+        port,
+        0x61 | 0x70 | 0x71 | 0x80 | 0x87 | 0x92 | 0xed | 0xcf8..=0xcff
+    ) || matches!(port, 0x2f8..=0x2ff | 0x3e8..=0x3ef | 0x2e8..=0x2ef)
+}
+
+/// Handle one vCPU exit against the port-I/O and MMIO buses. Unowned reads return
+/// all ones, as on a real machine with nothing on the bus.
+pub fn handle_exit(io_bus: &Bus, mmio_bus: &Bus, exit: VcpuExit<'_>) -> ExitAction {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            if !io_bus.read(u64::from(port), data) {
+                data.fill(0xff);
+                if !is_quiet_port(port) {
+                    crate::log_limited!(UNOWNED_IO, debug, "guest read unowned port {port:#x}");
+                }
+            }
+            ExitAction::Continue
+        }
+        VcpuExit::IoOut(port, data) => {
+            if !io_bus.write(u64::from(port), data) && !is_quiet_port(port) {
+                crate::log_limited!(UNOWNED_IO, debug, "guest wrote unowned port {port:#x}");
+            }
+            ExitAction::Continue
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            if !mmio_bus.read(addr, data) {
+                data.fill(0xff);
+                crate::log_limited!(UNOWNED_MMIO, debug, "guest read unowned MMIO {addr:#x}");
+            }
+            ExitAction::Continue
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            if !mmio_bus.write(addr, data) {
+                crate::log_limited!(UNOWNED_MMIO, debug, "guest wrote unowned MMIO {addr:#x}");
+            }
+            ExitAction::Continue
+        }
+        VcpuExit::Shutdown => ExitAction::Stop(StopReason::Reset),
+        VcpuExit::SystemEvent(kind, _) => match kind {
+            kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN | kvm_bindings::KVM_SYSTEM_EVENT_RESET => {
+                ExitAction::Stop(StopReason::Reset)
+            }
+            kvm_bindings::KVM_SYSTEM_EVENT_CRASH => ExitAction::Stop(StopReason::GuestPanic),
+            other => {
+                crate::log_limited!(ODD_EXIT, warn, "ignoring KVM system event {other}");
+                ExitAction::Continue
+            }
+        },
+        VcpuExit::FailEntry(reason, cpu) => ExitAction::Stop(StopReason::Error(format!(
+            "KVM could not enter the guest (KVM_EXIT_FAIL_ENTRY, hardware reason {reason:#x} on host CPU {cpu})"
+        ))),
+        VcpuExit::InternalError => ExitAction::Stop(StopReason::Error(
+            "KVM internal error while running the guest (KVM_EXIT_INTERNAL_ERROR)".into(),
+        )),
+        VcpuExit::Hlt | VcpuExit::Intr | VcpuExit::IrqWindowOpen | VcpuExit::IoapicEoi(_) => {
+            ExitAction::Continue
+        }
+        other => {
+            crate::log_limited!(ODD_EXIT, warn, "unexpected vCPU exit {other:?}; continuing");
+            ExitAction::Continue
+        }
+    }
+}
+
+thread_local! {
+    /// The running thread's `kvm_run.immediate_exit`, for the kick signal handler.
+    static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    IMMEDIATE_EXIT.with(|p| {
+        let ptr = p.get();
+        if !ptr.is_null() {
+            // SAFETY: the pointer is this thread's live kvm_run.immediate_exit; it is
+            // set after the vCPU fd is mapped and cleared before the fd is dropped.
+            unsafe { std::ptr::write_volatile(ptr, 1) };
+        }
+    });
+}
+
+/// The signal used to kick vCPU threads out of `KVM_RUN`.
+pub fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+fn install_kick_handler() -> Result<(), VcpuError> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        result = register_signal_handler(kick_signal(), kick_handler).map_err(VcpuError::Signal);
+    });
+    result
+}
+
+/// A vCPU's saved architectural state (for snapshots).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VcpuState {
+    /// General registers.
+    pub regs: kvm_regs,
+    /// Special registers.
+    pub sregs: kvm_sregs,
+    /// FPU/SSE state.
+    pub fpu: FpuState,
+    /// Local APIC.
+    pub lapic: kvm_lapic_state,
+    /// Pending exceptions/interrupts/NMIs.
+    pub events: kvm_vcpu_events,
+    /// Multiprocessing state.
+    pub mp_state: kvm_mp_state,
+    /// The boot MSRs' current values.
+    pub msrs: Vec<kvm_msr_entry>,
+}
+
+/// The FPU/SSE state (`kvm_fpu` in a serializable form).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FpuState {
+    /// x87 registers.
+    pub fpr: [[u8; 16]; 8],
+    /// Control word.
+    pub fcw: u16,
+    /// Status word.
+    pub fsw: u16,
+    /// Abridged tag word.
+    pub ftwx: u8,
+    /// Last opcode.
+    pub last_opcode: u16,
+    /// Last instruction pointer.
+    pub last_ip: u64,
+    /// Last data pointer.
+    pub last_dp: u64,
+    /// SSE registers.
+    pub xmm: [[u8; 16]; 16],
+    /// SSE control/status.
+    pub mxcsr: u32,
+}
+
+impl From<&kvm_fpu> for FpuState {
+    fn from(f: &kvm_fpu) -> Self {
+        Self {
+            fpr: f.fpr,
+            fcw: f.fcw,
+            fsw: f.fsw,
+            ftwx: f.ftwx,
+            last_opcode: f.last_opcode,
+            last_ip: f.last_ip,
+            last_dp: f.last_dp,
+            xmm: f.xmm,
+            mxcsr: f.mxcsr,
+        }
+    }
+}
+
+impl From<&FpuState> for kvm_fpu {
+    fn from(f: &FpuState) -> Self {
+        kvm_fpu {
+            fpr: f.fpr,
+            fcw: f.fcw,
+            fsw: f.fsw,
+            ftwx: f.ftwx,
+            last_opcode: f.last_opcode,
+            last_ip: f.last_ip,
+            last_dp: f.last_dp,
+            xmm: f.xmm,
+            mxcsr: f.mxcsr,
+            ..Default::default()
+        }
+    }
+}
+
+/// A configured vCPU, before its thread starts.
+pub struct Vcpu {
+    fd: VcpuFd,
+    index: u8,
+    io_bus: Bus,
+    mmio_bus: Bus,
+    stop: StopSignal,
+}
+
+const LAPIC_LVT0: usize = 0x350;
+const LAPIC_LVT1: usize = 0x360;
+const APIC_MODE_NMI: u32 = 0x4;
+const APIC_MODE_EXTINT: u32 = 0x7;
+
+fn set_lvt_mode(lapic: &mut kvm_lapic_state, offset: usize, mode: u32) {
+    let mut raw = [0u8; 4];
+    for (i, b) in raw.iter_mut().enumerate() {
+        *b = lapic.regs[offset + i] as u8;
+    }
+    let v = (u32::from_le_bytes(raw) & !0x700) | (mode << 8);
+    for (i, b) in v.to_le_bytes().iter().enumerate() {
+        lapic.regs[offset + i] = *b as _;
+    }
+}
+
+impl Vcpu {
+    /// Create vCPU `index` on `vm`.
+    pub fn new(
+        vm: &VmFd,
+        index: u8,
+        io_bus: Bus,
+        mmio_bus: Bus,
+        stop: StopSignal,
+    ) -> Result<Self, VcpuError> {
+        let fd = vm
+            .create_vcpu(u64::from(index))
+            .map_err(|e| VcpuError::Create(index, e))?;
+        Ok(Self {
+            fd,
+            index,
+            io_bus,
+            mmio_bus,
+            stop,
+        })
+    }
+
+    /// This vCPU's index (= APIC ID).
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
+    /// The KVM vCPU fd (tests and state save use it).
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
+    /// Configure CPUID, MSRs, LAPIC LINT0/LINT1 and, for the boot vCPU (`entry` is
+    /// `Some`), the long-mode entry registers.
+    pub fn configure(
+        &self,
+        supported: &CpuId,
+        cpu_count: u8,
+        entry: Option<u64>,
+    ) -> Result<(), VcpuError> {
+        let cpuid = filter_cpuid(
+            supported,
+            CpuidConfig {
+                cpu_index: self.index,
+                cpu_count,
+            },
+        );
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(|e| VcpuError::Ioctl("set the vCPU's CPUID", e))?;
+        setup_msrs(&self.fd)?;
+        let mut lapic = self
+            .fd
+            .get_lapic()
+            .map_err(|e| VcpuError::Ioctl("read the LAPIC", e))?;
+        set_lvt_mode(&mut lapic, LAPIC_LVT0, APIC_MODE_EXTINT);
+        set_lvt_mode(&mut lapic, LAPIC_LVT1, APIC_MODE_NMI);
+        self.fd
+            .set_lapic(&lapic)
+            .map_err(|e| VcpuError::Ioctl("set the LAPIC", e))?;
+        if let Some(entry) = entry {
+            setup_boot_vcpu(&self.fd, entry)?;
+        }
+        Ok(())
+    }
+
+    /// Save the architectural state (call while paused).
+    pub fn save_state(&self) -> Result<VcpuState, VcpuError> {
+        let io = |what| move |e| VcpuError::Ioctl(what, e);
+        let mut msrs = Msrs::from_entries(&boot_msr_entries())
+            .map_err(|_| VcpuError::NoResponse(self.index, "MSR list"))?;
+        let n = self.fd.get_msrs(&mut msrs).map_err(io("read MSRs"))?;
+        Ok(VcpuState {
+            regs: self.fd.get_regs().map_err(io("read registers"))?,
+            sregs: self.fd.get_sregs().map_err(io("read special registers"))?,
+            fpu: FpuState::from(&self.fd.get_fpu().map_err(io("read the FPU"))?),
+            lapic: self.fd.get_lapic().map_err(io("read the LAPIC"))?,
+            events: self.fd.get_vcpu_events().map_err(io("read vCPU events"))?,
+            mp_state: self.fd.get_mp_state().map_err(io("read the MP state"))?,
+            msrs: msrs.as_slice().iter().take(n).copied().collect(),
+        })
+    }
+
+    /// Start the vCPU thread in the `Paused` state.
+    pub fn start(self) -> Result<VcpuHandle, VcpuError> {
+        install_kick_handler()?;
+        let (cmd_tx, cmd_rx) = channel();
+        let (resp_tx, resp_rx) = channel();
+        let index = self.index;
+        let thread = std::thread::Builder::new()
+            .name(format!("husk-vcpu{index}"))
+            .spawn(move || self.thread_main(cmd_rx, resp_tx))
+            .map_err(VcpuError::Spawn)?;
+        Ok(VcpuHandle {
+            index,
+            tx: cmd_tx,
+            rx: resp_rx,
+            thread: Some(thread),
+        })
+    }
+
+    fn thread_main(mut self, rx: Receiver<VcpuCommand>, tx: Sender<VcpuResponse>) {
+        let ptr: *mut u8 = &mut self.fd.get_kvm_run().immediate_exit;
+        IMMEDIATE_EXIT.with(|p| p.set(ptr));
+        let mut state = VcpuRunState::Paused;
+        loop {
+            state = match state {
+                VcpuRunState::Paused => self.paused(&rx, &tx),
+                VcpuRunState::Running => self.running(&rx, &tx),
+                VcpuRunState::Exited => break,
+            };
+        }
+        IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
+        let _ = tx.send(VcpuResponse::Exited);
+    }
+
+    fn paused(&mut self, rx: &Receiver<VcpuCommand>, tx: &Sender<VcpuResponse>) -> VcpuRunState {
+        match rx.recv() {
+            Ok(VcpuCommand::Resume) => {
+                let _ = tx.send(VcpuResponse::Resumed);
+                VcpuRunState::Running
+            }
+            Ok(VcpuCommand::Pause) => {
+                let _ = tx.send(VcpuResponse::Paused);
+                VcpuRunState::Paused
+            }
+            Ok(VcpuCommand::SaveState) => {
+                let r = self.save_state().map_err(|e| e.to_string());
+                let _ = tx.send(VcpuResponse::State(Box::new(r)));
+                VcpuRunState::Paused
+            }
+            Ok(VcpuCommand::Exit) | Err(_) => VcpuRunState::Exited,
+        }
+    }
+
+    fn running(&mut self, rx: &Receiver<VcpuCommand>, tx: &Sender<VcpuResponse>) -> VcpuRunState {
+        loop {
+            // Clear before checking the channel: a kick that lands after the check sets
+            // it again and KVM_RUN returns at once.
+            self.fd.set_kvm_immediate_exit(0);
+            match rx.try_recv() {
+                Ok(VcpuCommand::Pause) => {
+                    let _ = tx.send(VcpuResponse::Paused);
+                    return VcpuRunState::Paused;
+                }
+                Ok(VcpuCommand::Exit) | Err(TryRecvError::Disconnected) => {
+                    return VcpuRunState::Exited
+                }
+                Ok(VcpuCommand::Resume) => {
+                    let _ = tx.send(VcpuResponse::Resumed);
+                }
+                Ok(VcpuCommand::SaveState) => {
+                    let _ = tx.send(VcpuResponse::State(Box::new(Err(
+                        "pause the vCPU before saving its state".into(),
+                    ))));
+                }
+                Err(TryRecvError::Empty) => {}
+            }
+            let action = match self.fd.run() {
+                Ok(exit) => handle_exit(&self.io_bus, &self.mmio_bus, exit),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    ExitAction::Continue
+                }
+                Err(e) => ExitAction::Stop(StopReason::Error(format!(
+                    "vCPU {} failed to run: {e}",
+                    self.index
+                ))),
+            };
+            if let ExitAction::Stop(reason) = action {
+                log::info!("vCPU {} stopping the VM: {reason:?}", self.index);
+                self.stop.stop(reason);
+                return VcpuRunState::Exited;
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VcpuRunState {
+    Paused,
+    Running,
+    Exited,
+}
+
+/// Commands to a vCPU thread.
+#[derive(Debug)]
+pub enum VcpuCommand {
+    /// Start or continue running the guest.
+    Resume,
+    /// Stop running the guest and wait.
+    Pause,
+    /// Save the vCPU state (only while paused).
+    SaveState,
+    /// End the thread.
+    Exit,
+}
+
+/// Responses from a vCPU thread.
+#[derive(Debug)]
+pub enum VcpuResponse {
+    /// Now running.
+    Resumed,
+    /// Now paused.
+    Paused,
+    /// The saved state, or why it could not be saved.
+    State(Box<Result<VcpuState, String>>),
+    /// The thread ended.
+    Exited,
+}
+
+/// How long to wait for a vCPU thread to acknowledge a command.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The VMM's handle on a running vCPU thread.
+pub struct VcpuHandle {
+    index: u8,
+    tx: Sender<VcpuCommand>,
+    rx: Receiver<VcpuResponse>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl VcpuHandle {
+    /// Send `cmd` and kick the thread out of KVM_RUN.
+    fn send(&self, cmd: VcpuCommand) -> bool {
+        if self.tx.send(cmd).is_err() {
+            return false;
+        }
+        if let Some(t) = &self.thread {
+            // The thread may have exited already (ESRCH): nothing to kick then.
+            let _ = t.kill(kick_signal());
+        }
+        true
+    }
+
+    fn expect(
+        &self,
+        what: &'static str,
+        ok: fn(&VcpuResponse) -> bool,
+    ) -> Result<VcpuResponse, VcpuError> {
+        loop {
+            match self.rx.recv_timeout(RESPONSE_TIMEOUT) {
+                Ok(r) if ok(&r) => return Ok(r),
+                Ok(VcpuResponse::Exited) => return Err(VcpuError::NoResponse(self.index, what)),
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                    return Err(VcpuError::NoResponse(self.index, what))
+                }
+            }
+        }
+    }
+
+    /// Run the guest on this vCPU.
+    pub fn resume(&self) -> Result<(), VcpuError> {
+        if !self.send(VcpuCommand::Resume) {
+            return Err(VcpuError::NoResponse(self.index, "resume"));
+        }
+        self.expect("resume", |r| matches!(r, VcpuResponse::Resumed))
+            .map(|_| ())
+    }
+
+    /// Pause this vCPU and wait until it is paused.
+    pub fn pause(&self) -> Result<(), VcpuError> {
+        if !self.send(VcpuCommand::Pause) {
+            return Err(VcpuError::NoResponse(self.index, "pause"));
+        }
+        self.expect("pause", |r| matches!(r, VcpuResponse::Paused))
+            .map(|_| ())
+    }
+
+    /// Save the state of this (paused) vCPU.
+    pub fn save_state(&self) -> Result<VcpuState, VcpuError> {
+        if !self.send(VcpuCommand::SaveState) {
+            return Err(VcpuError::NoResponse(self.index, "save state"));
+        }
+        match self.expect("save state", |r| matches!(r, VcpuResponse::State(_)))? {
+            VcpuResponse::State(s) => {
+                (*s).map_err(|_| VcpuError::NoResponse(self.index, "save state"))
+            }
+            _ => Err(VcpuError::NoResponse(self.index, "save state")),
+        }
+    }
+
+    /// End the thread and join it.
+    pub fn exit(&mut self) {
+        let _ = self.send(VcpuCommand::Exit);
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                log::error!("vCPU {} thread panicked", self.index);
+            }
+        }
+    }
+}
+
+impl Drop for VcpuHandle {
+    fn drop(&mut self) {
+        self.exit();
+    }
+}
