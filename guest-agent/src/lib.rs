@@ -7,8 +7,11 @@
 
 pub mod client;
 pub mod config;
+pub mod pack;
+pub mod pid1;
 pub mod protocol;
 pub mod reaper;
 pub mod runner;
 pub mod server;
+pub mod vsock;
 pub mod worker;

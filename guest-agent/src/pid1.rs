@@ -1,0 +1,166 @@
+//! PID 1 duties in the guest: mounts, signals, reboot, the ready marker, and applying a
+//! snapshot restore (entropy, wall clock).
+
+use std::ffi::CString;
+use std::io;
+
+use crate::protocol::Restored;
+use crate::server::{log, Platform};
+
+/// I/O port the VMM watches for the boot-ready marker.
+pub const READY_PORT: u16 = 0x440;
+/// Byte written to [`READY_PORT`] when the agent is ready.
+pub const READY_VALUE: u8 = 0x7b;
+
+/// Whether this process is the guest's init.
+pub fn is_pid1() -> bool {
+    std::process::id() == 1
+}
+
+fn mount_one(source: &str, target: &str, fstype: &str, flags: libc::c_ulong) -> io::Result<()> {
+    let _ = std::fs::create_dir_all(target);
+    let (Ok(src), Ok(tgt), Ok(ty)) = (
+        CString::new(source),
+        CString::new(target),
+        CString::new(fstype),
+    ) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call;
+    // a null data pointer is allowed.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            ty.as_ptr(),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EBUSY) {
+        return Ok(());
+    }
+    Err(e)
+}
+
+/// Mount proc, sysfs, devtmpfs and a tmpfs on /tmp (already-mounted is fine).
+pub fn mount_filesystems() {
+    let nosuid = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    let mounts: [(&str, &str, &str, libc::c_ulong); 4] = [
+        ("proc", "/proc", "proc", nosuid),
+        ("sysfs", "/sys", "sysfs", nosuid),
+        ("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID),
+        ("tmpfs", "/tmp", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV),
+    ];
+    for (src, tgt, ty, flags) in mounts {
+        if let Err(e) = mount_one(src, tgt, ty, flags) {
+            log(&format!("cannot mount {ty} on {tgt}: {e}"));
+        }
+    }
+}
+
+extern "C" fn noop_handler(_: libc::c_int) {}
+
+/// Install a handler for SIGTERM (init only receives signals it handles) and block it,
+/// then wait for it on a thread and call `on_term`. Call before spawning other threads
+/// so they inherit the blocked mask.
+pub fn watch_sigterm<F: FnOnce() + Send + 'static>(on_term: F) -> io::Result<()> {
+    // SAFETY: sigaction is plain data; all-zero is a valid starting value.
+    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+    sa.sa_sigaction = noop_handler as *const () as libc::sighandler_t;
+    // SAFETY: `sa` is fully initialised and the handler is async-signal-safe (empty).
+    if unsafe { libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it below.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t.
+    unsafe { libc::sigemptyset(&mut set) };
+    // SAFETY: `set` is initialised and SIGTERM is a valid signal.
+    unsafe { libc::sigaddset(&mut set, libc::SIGTERM) };
+    // SAFETY: `set` is initialised; the old mask is not needed.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    std::thread::Builder::new()
+        .name("sigterm".into())
+        .spawn(move || {
+            let mut sig = 0;
+            // SAFETY: `set` and `sig` are valid for the duration of the call.
+            while unsafe { libc::sigwait(&set, &mut sig) } != 0 || sig != libc::SIGTERM {}
+            on_term();
+        })?;
+    Ok(())
+}
+
+/// Sync and reboot (the VMM's i8042 reset ends the VM). Never returns.
+pub fn reboot() -> ! {
+    log("syncing and rebooting");
+    // SAFETY: sync(2) takes no arguments.
+    unsafe { libc::sync() };
+    loop {
+        // SAFETY: reboot(2) with a valid command; as PID 1 we hold CAP_SYS_BOOT.
+        unsafe { libc::reboot(libc::RB_AUTOBOOT) };
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
+/// Write the boot-ready marker to the VMM's I/O port.
+pub fn write_ready_marker() -> io::Result<()> {
+    // SAFETY: ioperm(2) only changes this thread's I/O permission bitmap.
+    if unsafe { libc::ioperm(libc::c_ulong::from(READY_PORT), 1, 1) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: ioperm above granted access to exactly this port; writing one byte to the
+    // VMM's marker port has no effect on memory.
+    unsafe {
+        std::arch::asm!("out dx, al", in("dx") READY_PORT, in("al") READY_VALUE,
+            options(nomem, nostack, preserves_flags));
+    }
+    Ok(())
+}
+
+/// The real machine: reboot on shutdown, apply entropy and clock on restore.
+pub struct GuestPlatform;
+
+impl Platform for GuestPlatform {
+    fn shutdown(&self) {
+        reboot();
+    }
+
+    fn restored(&self, r: &Restored) {
+        // Mix the seed into the pool (writing to urandom adds without crediting).
+        if let Err(e) = std::fs::write("/dev/urandom", &r.entropy_seed) {
+            log(&format!("cannot mix restore entropy: {e}"));
+        }
+        let ts = libc::timespec {
+            tv_sec: (r.wall_clock_ns / 1_000_000_000) as libc::time_t,
+            tv_nsec: (r.wall_clock_ns % 1_000_000_000) as libc::c_long,
+        };
+        // SAFETY: `ts` is a valid timespec.
+        if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
+            log(&format!(
+                "cannot set the wall clock: {}",
+                io::Error::last_os_error()
+            ));
+        }
+    }
+}
+
+/// A platform for running the agent outside a VM: shutdown exits, restore only logs.
+pub struct HostPlatform;
+
+impl Platform for HostPlatform {
+    fn shutdown(&self) {
+        log("shutdown requested; exiting (not PID 1)");
+        std::process::exit(0);
+    }
+    fn restored(&self, _r: &Restored) {
+        log("restored (not PID 1: entropy and clock left alone)");
+    }
+}
