@@ -1,0 +1,160 @@
+//! seccomp-BPF filters per thread kind, installed before a thread handles anything the
+//! guest controls. Any syscall outside a thread's allowlist kills the whole process
+//! (`SECCOMP_RET_KILL_PROCESS`, seen by the parent as death by `SIGSYS`).
+//!
+//! The allowlists live in one table, [`rules`], with a reason per syscall. Allowed
+//! syscalls per thread kind (Firecracker's rule counts in brackets):
+//!
+//! | thread | husk | Firecracker |
+//! |--------|------|-------------|
+//! | VMM    | 48   | 76          |
+//! | API    | 24   | 36          |
+//! | vCPU   | 16   | 49          |
+//!
+//! The counts are asserted by a unit test, so this table cannot drift from the code.
+//! Argument filters: `ioctl` only with the listed KVM requests per thread kind (the vCPU
+//! thread: `KVM_RUN` and the state reads a snapshot needs), `mmap`/`mprotect` never with
+//! `PROT_EXEC`, `fcntl` with five commands, `madvise` with two advices, `socket` only
+//! `AF_UNIX`, `tgkill` only with the vCPU kick signal.
+//!
+//! Order of installation (see [`spawn_with_filter`]): vCPU threads install their filter
+//! first thing in the thread, before the first `KVM_RUN`; the VMM thread installs its
+//! filter with [`install`] after every thread is spawned (no `clone` is allowed) and
+//! before the event loop runs; `--no-seccomp` skips all of it, for debugging only.
+
+pub mod rules;
+
+use std::collections::BTreeMap;
+use std::thread::JoinHandle;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+use rules::{Args, Rule};
+
+/// The kinds of thread with their own filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Thread {
+    /// The VMM thread: event loop, devices, vsock sockets, snapshots.
+    Vmm,
+    /// The API server thread.
+    Api,
+    /// A vCPU thread: `KVM_RUN` and exit handling.
+    Vcpu,
+}
+
+impl Thread {
+    /// All thread kinds.
+    pub const ALL: [Thread; 3] = [Thread::Vmm, Thread::Api, Thread::Vcpu];
+}
+
+/// seccomp errors.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// A rule in the table is malformed (a bug in `rules.rs`).
+    #[error("the {0:?} seccomp filter is malformed: fix vmm/src/seccomp/rules.rs")]
+    Build(Thread, #[source] seccompiler::BackendError),
+    /// The kernel refused the filter.
+    #[error("cannot install the {0:?} seccomp filter (kernel without seccomp? run with --no-seccomp only to debug)")]
+    Install(Thread, #[source] seccompiler::Error),
+    /// The thread could not be spawned.
+    #[error("cannot spawn thread {0:?}")]
+    Spawn(String, #[source] std::io::Error),
+}
+
+fn cond(
+    arg: u8,
+    len: SeccompCmpArgLen,
+    op: SeccompCmpOp,
+    value: u64,
+) -> Result<SeccompCondition, seccompiler::BackendError> {
+    SeccompCondition::new(arg, len, op, value)
+}
+
+/// One seccompiler rule per alternative (rules of a syscall are OR-ed).
+fn arg_rules(args: Args) -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
+    use SeccompCmpArgLen::Dword;
+    use SeccompCmpOp::{Eq, MaskedEq};
+    let one_of = |arg: u8,
+                  values: &mut dyn Iterator<Item = u64>|
+     -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
+        values
+            .map(|v| SeccompRule::new(vec![cond(arg, Dword, Eq, v)?]))
+            .collect()
+    };
+    match args {
+        Args::Any => Ok(Vec::new()),
+        Args::Ioctl(list) => one_of(1, &mut list.iter().map(|i| i.request)),
+        Args::Fcntl(cmds) => one_of(1, &mut cmds.iter().map(|c| *c as u64)),
+        Args::Madvise(advice) => one_of(2, &mut advice.iter().map(|a| *a as u64)),
+        Args::NoExec => Ok(vec![SeccompRule::new(vec![cond(
+            2,
+            Dword,
+            MaskedEq(libc::PROT_EXEC as u64),
+            0,
+        )?])?]),
+        Args::UnixSocket => one_of(0, &mut std::iter::once(libc::AF_UNIX as u64)),
+        Args::KickSignal => one_of(
+            2,
+            &mut std::iter::once(crate::vstate::vcpu::kick_signal() as u64),
+        ),
+    }
+}
+
+/// The allowlist of one thread kind.
+pub fn allowlist(thread: Thread) -> Vec<Rule> {
+    rules::rules(thread)
+}
+
+/// Compiles the filter of one thread kind to BPF.
+pub fn compile(thread: Thread) -> Result<BpfProgram, SeccompError> {
+    let build = |e| SeccompError::Build(thread, e);
+    let mut map: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for rule in allowlist(thread) {
+        map.insert(rule.nr, arg_rules(rule.args).map_err(build)?);
+    }
+    let filter = SeccompFilter::new(
+        map,
+        SeccompAction::KillProcess,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(build)?;
+    BpfProgram::try_from(filter).map_err(build)
+}
+
+/// Installs the filter of `thread` on the calling thread (sets no-new-privs first).
+pub fn install(thread: Thread) -> Result<(), SeccompError> {
+    let prog = compile(thread)?;
+    seccompiler::apply_filter(&prog).map_err(|e| SeccompError::Install(thread, e))
+}
+
+/// Spawns a named thread that installs the filter of `filter` before running `f`;
+/// `None` (only with `--no-seccomp`) runs `f` unfiltered. The filter is compiled before
+/// the spawn, so a malformed table fails here; if the kernel refuses it, `f` never runs
+/// and the join value is the error.
+pub fn spawn_with_filter<F, T>(
+    name: String,
+    filter: Option<Thread>,
+    f: F,
+) -> Result<JoinHandle<Result<T, SeccompError>>, SeccompError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let prog = filter.map(|t| compile(t).map(|p| (t, p))).transpose()?;
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            if let Some((thread, prog)) = prog {
+                seccompiler::apply_filter(&prog).map_err(|e| SeccompError::Install(thread, e))?;
+            }
+            Ok(f())
+        })
+        .map_err(|e| SeccompError::Spawn(name, e))
+}
+
+#[cfg(test)]
+mod tests;

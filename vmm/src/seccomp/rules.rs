@@ -1,0 +1,316 @@
+//! The one readable definition of husk's seccomp allowlists: one table per thread kind,
+//! one row per syscall with the reason it is needed and, where practical, an argument
+//! filter. Everything not listed kills the process.
+
+use std::mem::size_of;
+
+use kvm_bindings::{
+    kvm_clock_data, kvm_dirty_log, kvm_fpu, kvm_irq_level, kvm_irqchip, kvm_lapic_state,
+    kvm_mp_state, kvm_msrs, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_userspace_memory_region,
+    kvm_vcpu_events, KVMIO,
+};
+use vmm_sys_util::ioctl::{ioctl_expr, _IOC_NONE, _IOC_READ, _IOC_WRITE};
+
+/// Which argument filter a row carries.
+#[derive(Debug, Clone, Copy)]
+pub enum Args {
+    /// Any arguments.
+    Any,
+    /// `ioctl(fd, request, ..)`: request (arg 1) must be one of these.
+    Ioctl(&'static [Ioctl]),
+    /// `fcntl(fd, cmd, ..)`: cmd (arg 1) must be one of these.
+    Fcntl(&'static [i32]),
+    /// mmap/mprotect: the prot argument (arg 2) must not contain `PROT_EXEC`.
+    NoExec,
+    /// `madvise(addr, len, advice)`: advice (arg 2) must be one of these.
+    Madvise(&'static [i32]),
+    /// `socket(domain, ..)`: domain (arg 0) must be `AF_UNIX`.
+    UnixSocket,
+    /// `tgkill(tgid, tid, sig)`: sig (arg 2) must be the vCPU kick signal.
+    KickSignal,
+}
+
+/// One allowed ioctl request, by name for the docs.
+#[derive(Debug, Clone, Copy)]
+pub struct Ioctl {
+    /// Request number.
+    pub request: u64,
+    /// Name, e.g. `KVM_RUN`.
+    pub name: &'static str,
+}
+
+/// One allowed syscall.
+#[derive(Debug, Clone, Copy)]
+pub struct Rule {
+    /// Syscall number (x86_64).
+    pub nr: i64,
+    /// Name, for the docs and the tests.
+    pub name: &'static str,
+    /// Argument filter.
+    pub args: Args,
+    /// Why the thread needs it.
+    pub reason: &'static str,
+}
+
+const fn io(nr: u32) -> u64 {
+    ioctl_expr(_IOC_NONE, KVMIO, nr, 0) as u64
+}
+const fn ior(nr: u32, size: usize) -> u64 {
+    ioctl_expr(_IOC_READ, KVMIO, nr, size as u32) as u64
+}
+const fn iow(nr: u32, size: usize) -> u64 {
+    ioctl_expr(_IOC_WRITE, KVMIO, nr, size as u32) as u64
+}
+const fn iowr(nr: u32, size: usize) -> u64 {
+    ioctl_expr(_IOC_READ | _IOC_WRITE, KVMIO, nr, size as u32) as u64
+}
+
+macro_rules! ioctl {
+    ($name:ident = $value:expr) => {
+        Ioctl {
+            request: $value,
+            name: stringify!($name),
+        }
+    };
+}
+
+/// vCPU fd ioctls a vCPU thread makes: the run loop and the state read for snapshots.
+pub const VCPU_IOCTLS: &[Ioctl] = &[
+    ioctl!(KVM_RUN = io(0x80)),
+    ioctl!(KVM_GET_REGS = ior(0x81, size_of::<kvm_regs>())),
+    ioctl!(KVM_GET_SREGS = ior(0x83, size_of::<kvm_sregs>())),
+    ioctl!(KVM_GET_MSRS = iowr(0x88, size_of::<kvm_msrs>())),
+    ioctl!(KVM_GET_FPU = ior(0x8c, size_of::<kvm_fpu>())),
+    ioctl!(KVM_GET_LAPIC = ior(0x8e, size_of::<kvm_lapic_state>())),
+    ioctl!(KVM_GET_MP_STATE = ior(0x98, size_of::<kvm_mp_state>())),
+    ioctl!(KVM_GET_VCPU_EVENTS = ior(0x9f, size_of::<kvm_vcpu_events>())),
+];
+
+/// VM fd ioctls and `FIONBIO` the VMM thread makes after boot: interrupts for legacy
+/// devices, snapshot reads of VM state, dirty-page tracking.
+pub const VMM_IOCTLS: &[Ioctl] = &[
+    ioctl!(KVM_SET_USER_MEMORY_REGION = iow(0x46, size_of::<kvm_userspace_memory_region>())),
+    ioctl!(KVM_GET_DIRTY_LOG = iow(0x42, size_of::<kvm_dirty_log>())),
+    ioctl!(KVM_GET_IRQCHIP = iowr(0x62, size_of::<kvm_irqchip>())),
+    ioctl!(KVM_IRQ_LINE = iow(0x61, size_of::<kvm_irq_level>())),
+    ioctl!(KVM_GET_CLOCK = ior(0x7c, size_of::<kvm_clock_data>())),
+    ioctl!(KVM_GET_PIT2 = ior(0x9f, size_of::<kvm_pit_state2>())),
+    Ioctl {
+        request: libc::FIONBIO,
+        name: "FIONBIO",
+    },
+];
+
+/// `FIONBIO` only (std's `set_nonblocking` on sockets).
+pub const API_IOCTLS: &[Ioctl] = &[Ioctl {
+    request: libc::FIONBIO,
+    name: "FIONBIO",
+}];
+
+const FCNTL_CMDS: &[i32] = &[
+    libc::F_GETFD,
+    libc::F_SETFD,
+    libc::F_GETFL,
+    libc::F_SETFL,
+    libc::F_DUPFD_CLOEXEC,
+];
+const MADVICE: &[i32] = &[libc::MADV_DONTNEED, libc::MADV_FREE];
+
+macro_rules! rule {
+    ($name:ident, $args:expr, $reason:expr) => {
+        Rule {
+            nr: libc::$name,
+            name: stringify!($name),
+            args: $args,
+            reason: $reason,
+        }
+    };
+}
+
+use Args::{Any, NoExec};
+
+/// Rows every thread kind needs: memory allocation, locks, thread exit and signals.
+const COMMON: &[Rule] = &[
+    rule!(
+        SYS_futex,
+        Any,
+        "std Mutex/Condvar/mpsc channels and thread join"
+    ),
+    rule!(
+        SYS_mmap,
+        NoExec,
+        "allocator (large blocks, new arenas); never executable"
+    ),
+    rule!(SYS_munmap, Any, "allocator frees; thread stack teardown"),
+    rule!(
+        SYS_mprotect,
+        NoExec,
+        "glibc grows malloc arenas by mprotect; never executable"
+    ),
+    rule!(
+        SYS_madvise,
+        Args::Madvise(MADVICE),
+        "glibc returns freed memory and thread stacks"
+    ),
+    rule!(SYS_brk, Any, "allocator heap growth on the main arena"),
+    rule!(
+        SYS_write,
+        Any,
+        "logs, console output, eventfd signalling (stop, interrupts)"
+    ),
+    rule!(
+        SYS_close,
+        Any,
+        "dropping fds (vCPU fd at exit, connections)"
+    ),
+    rule!(
+        SYS_rt_sigreturn,
+        Any,
+        "return from the vCPU kick signal handler"
+    ),
+    rule!(
+        SYS_sigaltstack,
+        Any,
+        "std removes the thread's alternate signal stack at exit"
+    ),
+    rule!(SYS_sched_yield, Any, "std mpsc channel backoff"),
+    rule!(
+        SYS_clock_gettime,
+        Any,
+        "log timestamps and timeouts when the vDSO clock is unusable"
+    ),
+    rule!(SYS_exit, Any, "thread exit"),
+    rule!(SYS_exit_group, Any, "process exit"),
+];
+
+/// vCPU thread: the KVM_RUN loop and exit handling on the device buses.
+const VCPU: &[Rule] = &[
+    rule!(
+        SYS_ioctl,
+        Args::Ioctl(VCPU_IOCTLS),
+        "KVM_RUN and vCPU state reads for snapshots"
+    ),
+    rule!(
+        SYS_fcntl,
+        Args::Fcntl(&[libc::F_GETFD]),
+        "debug builds check an fd is open before closing it"
+    ),
+];
+
+/// VMM thread: the event loop (epoll), devices, vsock Unix sockets, snapshot files.
+const VMM: &[Rule] = &[
+    rule!(
+        SYS_ioctl,
+        Args::Ioctl(VMM_IOCTLS),
+        "VM ioctls after boot (irq line, dirty log, state) and FIONBIO"
+    ),
+    rule!(SYS_epoll_wait, Any, "event loop"),
+    rule!(
+        SYS_epoll_pwait,
+        Any,
+        "event loop (glibc may use the pwait form)"
+    ),
+    rule!(
+        SYS_epoll_ctl,
+        Any,
+        "event loop: add/remove vsock connections"
+    ),
+    rule!(
+        SYS_read,
+        Any,
+        "eventfds (queue notify, stop), sockets, files"
+    ),
+    rule!(SYS_readv, Any, "vectored socket reads"),
+    rule!(SYS_writev, Any, "vectored socket writes"),
+    rule!(SYS_recvfrom, Any, "socket reads (recv)"),
+    rule!(SYS_sendto, Any, "socket writes (send)"),
+    rule!(SYS_recvmsg, Any, "socket reads with ancillary data"),
+    rule!(SYS_sendmsg, Any, "socket writes with ancillary data"),
+    rule!(
+        SYS_accept4,
+        Any,
+        "hybrid vsock: host connections on the Unix socket"
+    ),
+    rule!(
+        SYS_socket,
+        Args::UnixSocket,
+        "hybrid vsock: guest-initiated connections to <uds>_<port>"
+    ),
+    rule!(
+        SYS_connect,
+        Any,
+        "hybrid vsock: guest-initiated connections"
+    ),
+    rule!(SYS_shutdown, Any, "hybrid vsock: half-close"),
+    rule!(
+        SYS_fcntl,
+        Args::Fcntl(FCNTL_CMDS),
+        "fd flags (non-blocking, close-on-exec, dup)"
+    ),
+    rule!(SYS_openat, Any, "snapshot state and memory files"),
+    rule!(SYS_fstat, Any, "file sizes (snapshot load)"),
+    rule!(SYS_newfstatat, Any, "file sizes (std metadata)"),
+    rule!(SYS_statx, Any, "file sizes (std metadata)"),
+    rule!(SYS_lseek, Any, "snapshot files"),
+    rule!(SYS_pread64, Any, "snapshot files"),
+    rule!(SYS_pwrite64, Any, "snapshot memory file (sparse writes)"),
+    rule!(SYS_ftruncate, Any, "snapshot memory file size"),
+    rule!(SYS_fsync, Any, "snapshot durability before rename"),
+    rule!(
+        SYS_rename,
+        Any,
+        "atomic snapshot write (temp file + rename)"
+    ),
+    rule!(
+        SYS_renameat,
+        Any,
+        "atomic snapshot write (temp file + rename)"
+    ),
+    rule!(SYS_unlink, Any, "remove stale sockets and temp files"),
+    rule!(SYS_unlinkat, Any, "remove stale sockets and temp files"),
+    rule!(SYS_getpid, Any, "pthread_kill looks up the process id"),
+    rule!(
+        SYS_tgkill,
+        Args::KickSignal,
+        "kick vCPU threads out of KVM_RUN (kick signal only)"
+    ),
+    rule!(
+        SYS_clock_nanosleep,
+        Any,
+        "std::thread::sleep while waiting for vCPUs"
+    ),
+    rule!(SYS_getrandom, Any, "std HashMap keys; vsock local ports"),
+    rule!(SYS_timerfd_settime, Any, "vsock connection timers"),
+];
+
+/// API thread: accept and serve requests on the API socket, wake the VMM thread.
+const API: &[Rule] = &[
+    rule!(
+        SYS_ioctl,
+        Args::Ioctl(API_IOCTLS),
+        "FIONBIO on the API socket"
+    ),
+    rule!(SYS_epoll_wait, Any, "wait for API connections"),
+    rule!(
+        SYS_epoll_pwait,
+        Any,
+        "wait for API connections (pwait form)"
+    ),
+    rule!(SYS_epoll_ctl, Any, "register API connections"),
+    rule!(SYS_read, Any, "requests and eventfds"),
+    rule!(SYS_recvfrom, Any, "requests (recv)"),
+    rule!(SYS_sendto, Any, "responses (send)"),
+    rule!(SYS_accept4, Any, "API connections"),
+    rule!(SYS_shutdown, Any, "close API connections"),
+    rule!(SYS_fcntl, Args::Fcntl(FCNTL_CMDS), "fd flags"),
+];
+
+/// All rows for one thread kind (common rows first).
+pub fn rules(thread: super::Thread) -> Vec<Rule> {
+    let specific = match thread {
+        super::Thread::Vmm => VMM,
+        super::Thread::Api => API,
+        super::Thread::Vcpu => VCPU,
+    };
+    COMMON.iter().chain(specific).copied().collect()
+}
