@@ -1,0 +1,226 @@
+//! `husk invoke`: send one invocation to a running sandbox through its hybrid vsock
+//! socket, print the body on stdout and the stderr tail on stderr.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use husk_agent::client::{AgentClient, ClientConfig, ClientError};
+use husk_agent::config::DEFAULT_PORT;
+use husk_agent::protocol::{Crash, Invoke, InvokeResult, Status};
+
+/// Exit status: the function succeeded.
+pub const EXIT_OK: i32 = 0;
+/// Exit status: the function reported an error.
+pub const EXIT_FUNCTION_ERROR: i32 = 1;
+/// Exit status: usage error (clap).
+pub const EXIT_USAGE: i32 = 2;
+/// Exit status: the function ran past its deadline and was killed.
+pub const EXIT_TIMEOUT: i32 = 3;
+/// Exit status: the function crashed.
+pub const EXIT_CRASHED: i32 = 4;
+/// Exit status: the agent refused the invocation (e.g. sandbox already used).
+pub const EXIT_REFUSED: i32 = 5;
+/// Exit status: the sandbox could not be reached or answered garbage or too late.
+pub const EXIT_TRANSPORT: i32 = 6;
+
+const EXIT_HELP: &str = "\
+Exit status:
+  0  ok: the body is on stdout
+  1  function error (exec: non-zero exit; worker: error response)
+  2  usage error
+  3  timeout: the function passed its deadline and was killed
+  4  crashed: the function died (signal or unexpected exit)
+  5  refused by the agent (sandbox already used, awaiting restore, payload too large)
+  6  transport failure (socket missing, handshake, no reply in time, bad frames)";
+
+/// `husk invoke` flags.
+#[derive(Debug, Args)]
+#[command(after_help = EXIT_HELP)]
+pub struct InvokeArgs {
+    /// The sandbox's hybrid vsock Unix socket (husk --vsock-uds).
+    #[arg(long)]
+    pub uds: PathBuf,
+    /// Guest vsock port of the agent.
+    #[arg(long, default_value_t = DEFAULT_PORT)]
+    pub port: u32,
+    /// Payload given inline.
+    #[arg(long, conflicts_with = "payload_file")]
+    pub payload: Option<String>,
+    /// Payload read from a file (default: stdin when neither flag is given).
+    #[arg(long)]
+    pub payload_file: Option<PathBuf>,
+    /// Function deadline in milliseconds (default: the function's configured one).
+    #[arg(long, default_value_t = 0)]
+    pub deadline_ms: u32,
+    /// How long to wait for the result in total (default: deadline + 10 s, or 60 s).
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+    /// Invocation id echoed in the result.
+    #[arg(long, default_value_t = 1)]
+    pub id: u64,
+    /// Print timings (connect, round trip, agent-side duration) to stderr.
+    #[arg(long)]
+    pub timings: bool,
+}
+
+/// Read the payload from the flag, the file or stdin.
+fn payload(args: &InvokeArgs) -> std::io::Result<Vec<u8>> {
+    if let Some(p) = &args.payload {
+        return Ok(p.clone().into_bytes());
+    }
+    if let Some(f) = &args.payload_file {
+        return std::fs::read(f);
+    }
+    let mut buf = Vec::new();
+    std::io::stdin().lock().read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// The exit status for a result.
+pub fn exit_status(r: &InvokeResult) -> i32 {
+    match r.status {
+        Status::Ok => EXIT_OK,
+        Status::FunctionError { .. } => EXIT_FUNCTION_ERROR,
+        Status::Timeout => EXIT_TIMEOUT,
+        Status::Crashed(_) => EXIT_CRASHED,
+    }
+}
+
+fn describe(status: Status) -> String {
+    match status {
+        Status::Ok => "ok".into(),
+        Status::FunctionError { code } => format!("function error (code {code})"),
+        Status::Timeout => "timeout: the function passed its deadline and was killed".into(),
+        Status::Crashed(Crash::Signal(s)) => format!("crashed: killed by signal {s}"),
+        Status::Crashed(Crash::Exit(c)) => format!("crashed: exited with code {c}"),
+    }
+}
+
+fn client_error_status(e: &ClientError) -> i32 {
+    match e {
+        ClientError::Agent(_) => EXIT_REFUSED,
+        _ => EXIT_TRANSPORT,
+    }
+}
+
+/// Run `husk invoke`; returns the exit status.
+pub fn run(args: &InvokeArgs) -> i32 {
+    let payload = match payload(args) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("husk invoke: cannot read the payload: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let timeout = Duration::from_millis(args.timeout_ms.unwrap_or(match args.deadline_ms {
+        0 => 60_000,
+        d => u64::from(d) + 10_000,
+    }));
+    let mut cfg = ClientConfig::new(&args.uds);
+    cfg.port = args.port;
+    let t0 = Instant::now();
+    let mut client = match AgentClient::connect(&cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("husk invoke: {}", husk_agent::server::error_chain(&e));
+            return client_error_status(&e);
+        }
+    };
+    let connected = t0.elapsed();
+    let t1 = Instant::now();
+    let inv = Invoke {
+        id: args.id,
+        deadline_ms: args.deadline_ms,
+        payload,
+    };
+    let result = match client.invoke(inv, timeout) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("husk invoke: {}", husk_agent::server::error_chain(&e));
+            return client_error_status(&e);
+        }
+    };
+    let round_trip = t1.elapsed();
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(&result.body);
+    let _ = out.flush();
+    let mut err = std::io::stderr().lock();
+    if !result.stderr_tail.is_empty() {
+        let _ = err.write_all(&result.stderr_tail);
+        if !result.stderr_tail.ends_with(b"\n") {
+            let _ = err.write_all(b"\n");
+        }
+    }
+    if result.output_truncated() {
+        let _ = writeln!(
+            err,
+            "husk invoke: output was cut at the function's output cap"
+        );
+    }
+    if result.status != Status::Ok {
+        let _ = writeln!(err, "husk invoke: {}", describe(result.status));
+    }
+    if args.timings {
+        let _ = writeln!(
+            err,
+            "husk invoke: sandbox {} generation {}: connect+hello {} us, round trip {} us, agent {} us",
+            client.hello().sandbox_id,
+            client.hello().restore_generation,
+            connected.as_micros(),
+            round_trip.as_micros(),
+            result.duration_us
+        );
+    }
+    exit_status(&result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(status: Status) -> InvokeResult {
+        InvokeResult {
+            id: 1,
+            status,
+            flags: 0,
+            duration_us: 0,
+            body: vec![],
+            stderr_tail: vec![],
+        }
+    }
+
+    #[test]
+    fn statuses_map_to_distinct_exit_codes() {
+        let codes = [
+            exit_status(&result(Status::Ok)),
+            exit_status(&result(Status::FunctionError { code: 2 })),
+            exit_status(&result(Status::Timeout)),
+            exit_status(&result(Status::Crashed(Crash::Signal(11)))),
+        ];
+        assert_eq!(
+            codes,
+            [EXIT_OK, EXIT_FUNCTION_ERROR, EXIT_TIMEOUT, EXIT_CRASHED]
+        );
+        assert_eq!(
+            client_error_status(&ClientError::SocketMissing("/x".into())),
+            EXIT_TRANSPORT
+        );
+    }
+
+    #[test]
+    fn missing_socket_is_a_transport_failure() {
+        let args = InvokeArgs {
+            uds: "/nonexistent/husk.sock".into(),
+            port: DEFAULT_PORT,
+            payload: Some("x".into()),
+            payload_file: None,
+            deadline_ms: 0,
+            timeout_ms: Some(100),
+            id: 1,
+            timings: false,
+        };
+        assert_eq!(run(&args), EXIT_TRANSPORT);
+    }
+}

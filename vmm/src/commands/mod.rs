@@ -1,0 +1,6 @@
+//! `husk` subcommands that talk to or prepare a sandbox without running a VM:
+//! [`pack`] builds a guest initramfs for a function, [`invoke`] sends one invocation to a
+//! running sandbox's agent. Each exposes clap `Args` and a `run` returning an exit status.
+
+pub mod invoke;
+pub mod pack;
