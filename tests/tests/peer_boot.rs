@@ -1,0 +1,84 @@
+//! Peer boot e2e test: the guest kernel from kernel-config boots under QEMU's microvm
+//! machine with the `peer-init.cpio` fixture, whose init prints a marker and reboots.
+//! It proves the kernel, the fixture pipeline and the KVM host work, independent of
+//! husk's own VMM, and gives the peer's boot-to-marker time.
+//!
+//! Needs a hardware-virt KVM host (run it through `husk-testhost`), `HUSK_KERNEL` and
+//! the fixture; it fails, never skips, when any is missing. `HUSK_PEER_BOOT_RUNS=N`
+//! boots N times and prints the median.
+
+use std::process::Command;
+use std::time::Duration;
+
+use husk_tests::e2e::{self, E2eError, Spawned};
+
+const MARKER: &str = "HUSK-TEST-INIT: hello from the guest";
+const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Boots once; returns (QEMU start → marker, the marker line).
+fn boot_once() -> Result<(Duration, String), E2eError> {
+    let qemu = e2e::find_program("qemu-system-x86_64")?;
+    let mut cmd = Command::new(qemu);
+    cmd.args([
+        "-enable-kvm",
+        "-M",
+        "microvm,acpi=off",
+        "-cpu",
+        "host,-xsave",
+        "-m",
+        "256",
+        "-smp",
+        "1",
+    ])
+    .args([
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-no-reboot",
+        "-monitor",
+        "none",
+        "-serial",
+        "stdio",
+    ])
+    .arg("-kernel")
+    .arg(e2e::kernel()?)
+    .arg("-initrd")
+    .arg(e2e::fixture("peer-init.cpio")?)
+    .args(["-append", "console=ttyS0 reboot=t quiet panic=-1"]);
+    let mut vm = Spawned::spawn(cmd)?;
+    let line = vm.wait_for_line(MARKER, BOOT_TIMEOUT)?;
+    // The init reboots; with reboot=t and -no-reboot that ends QEMU cleanly.
+    let status = vm.wait_exit(EXIT_TIMEOUT)?;
+    assert!(
+        status.success(),
+        "QEMU exited with {status} after the guest rebooted:\n{}",
+        vm.transcript()
+    );
+    Ok((line.at, line.text))
+}
+
+#[test]
+fn peer_qemu_microvm_boots_guest_kernel_to_init_marker() {
+    let kvm = e2e::require_hardware_kvm().unwrap();
+    eprintln!("KVM: {}", kvm.reason);
+    let runs: usize = std::env::var("HUSK_PEER_BOOT_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let mut times = Vec::new();
+    for i in 1..=runs {
+        let (t, line) = boot_once().unwrap_or_else(|e| panic!("peer boot {i}/{runs} failed: {e}"));
+        assert!(line.contains(MARKER));
+        println!(
+            "peer boot {i}/{runs}: QEMU microvm start -> init marker {:.3} s ({line})",
+            t.as_secs_f64()
+        );
+        times.push(t);
+    }
+    println!(
+        "peer boot (QEMU microvm, {runs} runs): median boot-to-marker {:.3} s",
+        e2e::median(&times).as_secs_f64()
+    );
+}
