@@ -15,7 +15,7 @@ pub mod descriptor;
 pub mod mmio;
 pub mod ratelimit;
 pub mod rng;
-// pub mod vsock;
+pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;

@@ -1,0 +1,289 @@
+//! The vsock device: three queues (rx, tx, event), the guest CID as config space, and a
+//! [`VsockBackend`] for the host side.
+
+use std::path::PathBuf;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::backend::VsockBackend;
+use super::packet::{read_packet, rx_capacity, write_packet, HOST_CID, MAX_PKT_DATA};
+use super::unix::VsockUnixBackend;
+use super::VsockError;
+use crate::devices::virtio::descriptor::ChainBuffers;
+use crate::devices::virtio::ratelimit::warn_limited;
+use crate::devices::virtio::{
+    ActivateError, IrqTrigger, VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1, VIRTIO_MMIO_INT_VRING,
+};
+use crate::GuestMemoryMmap;
+
+/// Size of each queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Index of the receive queue (device → guest).
+pub const RXQ: usize = 0;
+/// Index of the transmit queue (guest → device).
+pub const TXQ: usize = 1;
+/// Index of the event queue.
+pub const EVQ: usize = 2;
+/// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`.
+pub const EVENT_TRANSPORT_RESET: u32 = 0;
+
+/// The virtio-vsock device.
+#[derive(Debug)]
+pub struct Vsock<B: VsockBackend = VsockUnixBackend> {
+    cid: u64,
+    pub(super) backend: B,
+    pub(super) acked_features: u64,
+    queue_max_sizes: [u16; 3],
+    pub(super) queue_events: Vec<EventFd>,
+    irq: IrqTrigger,
+    mem: Option<GuestMemoryMmap>,
+    queues: Vec<Queue>,
+    rx_buf: Vec<u8>,
+}
+
+impl Vsock<VsockUnixBackend> {
+    /// A vsock device for guest CID `guest_cid`, listening on the Unix socket
+    /// `uds_path` (see [`VsockUnixBackend`]).
+    pub fn new(guest_cid: u64, uds_path: PathBuf) -> Result<Self, VsockError> {
+        check_cid(guest_cid)?;
+        let backend = VsockUnixBackend::new(guest_cid, uds_path)?;
+        Self::with_backend(guest_cid, backend)
+    }
+}
+
+fn check_cid(cid: u64) -> Result<(), VsockError> {
+    // 0-2 are reserved (hypervisor, local, host); u32::MAX is VMADDR_CID_ANY.
+    if cid < 3 || cid >= u64::from(u32::MAX) {
+        return Err(VsockError::InvalidCid(cid));
+    }
+    Ok(())
+}
+
+impl<B: VsockBackend> Vsock<B> {
+    /// A vsock device with any backend (tests use a scripted one).
+    pub fn with_backend(guest_cid: u64, backend: B) -> Result<Self, VsockError> {
+        check_cid(guest_cid)?;
+        let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(VsockError::EventFd);
+        Ok(Self {
+            cid: guest_cid,
+            backend,
+            acked_features: 0,
+            queue_max_sizes: [QUEUE_SIZE; 3],
+            queue_events: vec![evt()?, evt()?, evt()?],
+            irq: IrqTrigger::new().map_err(VsockError::EventFd)?,
+            mem: None,
+            queues: Vec::new(),
+            rx_buf: vec![0u8; MAX_PKT_DATA],
+        })
+    }
+
+    /// The guest's CID.
+    pub fn cid(&self) -> u64 {
+        self.cid
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The backend, mutably.
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    /// Hand every packet the guest queued on tx to the backend. Returns whether any
+    /// buffer was used.
+    pub fn process_tx(&mut self) -> bool {
+        let (Some(mem), Some(queue)) = (self.mem.as_ref(), self.queues.get_mut(TXQ)) else {
+            return false;
+        };
+        let mut used = false;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let bufs = ChainBuffers::new(chain);
+            match read_packet(mem, &bufs) {
+                Ok((hdr, data)) if hdr.src_cid == self.cid && hdr.dst_cid == HOST_CID => {
+                    self.backend.send_pkt(&hdr, &data);
+                }
+                Ok((hdr, _)) => warn_limited!(
+                    "vsock: dropped packet from CID {} to CID {} (guest CID is {})",
+                    hdr.src_cid,
+                    hdr.dst_cid,
+                    self.cid
+                ),
+                Err(e) => warn_limited!("vsock: dropped packet from the guest: {e}"),
+            }
+            if let Err(e) = queue.add_used(mem, bufs.head, 0) {
+                warn_limited!("vsock: cannot return a tx buffer: {e}");
+                break;
+            }
+            used = true;
+        }
+        used
+    }
+
+    /// Move packets from the backend into the guest's rx buffers. Returns whether any
+    /// buffer was used.
+    pub fn process_rx(&mut self) -> bool {
+        let (Some(mem), Some(queue)) = (self.mem.as_ref(), self.queues.get_mut(RXQ)) else {
+            return false;
+        };
+        let mut used = false;
+        while self.backend.has_pending_rx() {
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                break;
+            };
+            let bufs = ChainBuffers::new(chain);
+            let len = match rx_capacity(&bufs) {
+                Ok(cap) => match self.backend.recv_pkt(&mut self.rx_buf[..cap]) {
+                    Some((mut hdr, n)) => {
+                        let n = n.min(cap);
+                        // n <= MAX_PKT_DATA.
+                        hdr.len = n as u32;
+                        write_packet(mem, &bufs, &hdr, &self.rx_buf[..n]).unwrap_or_else(|e| {
+                            warn_limited!("vsock: packet lost, bad rx buffer: {e}");
+                            0
+                        })
+                    }
+                    None => {
+                        // Nothing to send after all: give the buffer back.
+                        queue.go_to_previous_position();
+                        break;
+                    }
+                },
+                Err(e) => {
+                    warn_limited!("vsock: unusable rx buffer: {e}");
+                    0
+                }
+            };
+            if let Err(e) = queue.add_used(mem, bufs.head, len) {
+                warn_limited!("vsock: cannot return an rx buffer: {e}");
+                break;
+            }
+            used = true;
+        }
+        used
+    }
+
+    /// Tell the guest that all connections are gone (after a snapshot restore).
+    pub fn send_transport_reset(&mut self) -> Result<(), VsockError> {
+        let (Some(mem), Some(queue)) = (self.mem.as_ref(), self.queues.get_mut(EVQ)) else {
+            return Err(VsockError::NotActivated);
+        };
+        let chain = queue
+            .pop_descriptor_chain(mem)
+            .ok_or(VsockError::NoEventBuffer)?;
+        let bufs = ChainBuffers::new(chain);
+        let len = match bufs.write_at(mem, 0, &EVENT_TRANSPORT_RESET.to_le_bytes()) {
+            Ok(()) => 4,
+            Err(e) => {
+                warn_limited!("vsock: bad event buffer: {e}");
+                0
+            }
+        };
+        if let Err(e) = queue.add_used(mem, bufs.head, len) {
+            warn_limited!("vsock: cannot return an event buffer: {e}");
+        }
+        self.signal_used()
+    }
+
+    /// Raise the used-buffer interrupt.
+    pub fn signal_used(&self) -> Result<(), VsockError> {
+        self.irq
+            .trigger(VIRTIO_MMIO_INT_VRING)
+            .map_err(VsockError::Interrupt)
+    }
+
+    /// Process both data queues and raise the interrupt if the guest has news.
+    pub fn process_all(&mut self) {
+        let tx = self.process_tx();
+        let rx = self.process_rx();
+        if tx || rx {
+            if let Err(e) = self.signal_used() {
+                warn_limited!("vsock: {e}");
+            }
+        }
+    }
+}
+
+impl<B: VsockBackend> VirtioDevice for Vsock<B> {
+    fn device_type(&self) -> u32 {
+        TYPE_VSOCK
+    }
+
+    fn avail_features(&self) -> u64 {
+        1 << VIRTIO_F_VERSION_1
+    }
+
+    fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features & self.avail_features();
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_max_sizes
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_events
+    }
+
+    fn interrupt(&self) -> &IrqTrigger {
+        &self.irq
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let config = self.cid.to_le_bytes();
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if let Some(src) = start
+            .checked_add(data.len())
+            .and_then(|end| config.get(start..end))
+        {
+            data.copy_from_slice(src);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, _data: &[u8]) {
+        warn_limited!("vsock: write to read-only config space at {offset:#x} ignored");
+    }
+
+    fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError> {
+        if queues.len() != 3 {
+            return Err(ActivateError::BadQueue {
+                index: queues.len(),
+                reason: "the vsock device has exactly three queues".into(),
+            });
+        }
+        self.mem = Some(mem);
+        self.queues = queues;
+        // Packets queued before DRIVER_OK are handled now.
+        self.process_all();
+        Ok(())
+    }
+
+    fn is_activated(&self) -> bool {
+        self.mem.is_some()
+    }
+
+    fn reset(&mut self) -> bool {
+        self.backend.reset();
+        // Wake the event loop so it unregisters and closes the dropped sockets now.
+        if let Some(evt) = self.queue_events.get(RXQ) {
+            let _ = evt.write(1);
+        }
+        self.mem = None;
+        self.queues.clear();
+        self.acked_features = 0;
+        true
+    }
+}
+
+#[cfg(test)]
+#[path = "device_tests.rs"]
+mod tests;
