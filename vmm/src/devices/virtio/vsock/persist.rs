@@ -47,3 +47,38 @@ impl Vsock {
         Ok(dev)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::vsock::unix::tests::TempDir;
+    use crate::devices::virtio::VIRTIO_F_VERSION_1;
+
+    #[test]
+    fn save_restore_roundtrip_and_validation() {
+        let dir = TempDir::new("persist");
+        let mut dev = Vsock::new(7, dir.0.join("a.sock")).unwrap();
+        dev.set_acked_features(1 << VIRTIO_F_VERSION_1);
+        let state = dev.save();
+        assert_eq!(state.guest_cid, 7);
+        let json = serde_json::to_string(&state).unwrap();
+        let back: VsockState = serde_json::from_str(&json).unwrap();
+        let restored = Vsock::restore(&back, dir.0.join("b.sock")).unwrap();
+        assert_eq!(restored.cid(), 7);
+        assert_eq!(restored.acked_features(), 1 << VIRTIO_F_VERSION_1);
+        assert_eq!(restored.backend().uds_path(), dir.0.join("b.sock"));
+        drop(restored);
+        let mut bad = state.clone();
+        bad.acked_features |= 1;
+        assert!(matches!(
+            Vsock::restore(&bad, dir.0.join("c.sock")),
+            Err(VsockError::BadState(_))
+        ));
+        bad = state;
+        bad.guest_cid = 2;
+        assert!(matches!(
+            Vsock::restore(&bad, dir.0.join("d.sock")),
+            Err(VsockError::InvalidCid(2))
+        ));
+    }
+}

@@ -76,6 +76,19 @@ pub struct VsockUnixBackend {
     closed: Vec<UnixStream>,
 }
 
+/// A timerfd whose read never blocks (it may be disarmed between epoll reporting it
+/// and our read).
+fn nonblocking_timer() -> Result<TimerFd, VsockError> {
+    let timer =
+        TimerFd::new().map_err(|e| VsockError::Timer(io::Error::from_raw_os_error(e.errno())))?;
+    // SAFETY: fcntl(F_SETFL) on a descriptor we own; no pointers involved.
+    let ret = unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    if ret < 0 {
+        return Err(VsockError::Timer(io::Error::last_os_error()));
+    }
+    Ok(timer)
+}
+
 /// Parse `CONNECT <port>\n` (without the newline).
 pub fn parse_connect(line: &[u8]) -> Option<u32> {
     let digits = line.strip_prefix(b"CONNECT ")?;
@@ -122,8 +135,7 @@ impl VsockUnixBackend {
             guest_cid,
             uds_path,
             listener,
-            timer: TimerFd::new()
-                .map_err(|e| VsockError::Timer(io::Error::from_raw_os_error(e.errno())))?,
+            timer: nonblocking_timer()?,
             timer_armed: false,
             pending: HashMap::new(),
             conns: HashMap::new(),
@@ -391,9 +403,8 @@ impl VsockBackend for VsockUnixBackend {
         if fd == self.listener.as_raw_fd() {
             self.accept_clients();
         } else if fd == self.timer.as_raw_fd() {
-            if self.timer_armed {
-                let _ = self.timer.wait();
-            }
+            // Non-blocking: fails harmlessly if the timer was re-armed meanwhile.
+            let _ = self.timer.wait();
             self.sweep();
         } else if self.pending.contains_key(&fd) {
             self.read_command(fd);
@@ -499,4 +510,4 @@ impl Drop for VsockUnixBackend {
 
 #[cfg(test)]
 #[path = "tests.rs"]
-mod tests;
+pub(crate) mod tests;
