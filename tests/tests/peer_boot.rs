@@ -60,7 +60,7 @@ fn boot_once() -> Result<(Duration, String), E2eError> {
 
 #[test]
 fn peer_qemu_microvm_boots_guest_kernel_to_init_marker() {
-    let kvm = e2e::require_hardware_kvm().unwrap();
+    let kvm = e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
     eprintln!("KVM: {}", kvm.reason);
     let runs: usize = std::env::var("HUSK_PEER_BOOT_RUNS")
         .ok()

@@ -36,7 +36,7 @@ struct Cli {
     /// Hard timeout for the whole session in seconds; the QEMU process group is killed.
     #[arg(long, default_value_t = 1200)]
     timeout: u64,
-    /// Kill the session as hung after this many seconds without any output (0 = never).
+    /// Kill the session as hung when the command printed nothing for this many seconds (0 = never).
     #[arg(long, default_value_t = 600)]
     idle_timeout: u64,
     /// Retry the whole session once if it hung (timeout with no recent progress).

@@ -47,7 +47,9 @@ if [ "$1" != stage2 ]; then
     R=/newroot
     $B mkdir -p $R
     $B mount -t tmpfs -o mode=0755 root $R || die setup "cannot mount the tmpfs root"
-    $B mkdir -p $R$CTL
+    # /tmp first: a share below /tmp (e.g. a test's temp dir) is mounted on top of it.
+    $B mkdir -p $R$CTL $R/tmp
+    $B mount -t tmpfs -o mode=1777 tmp $R/tmp || die setup "cannot mount /tmp"
     $B mount -t 9p -o $P9 husk_ctl $R$CTL || die setup "cannot mount the control share (9p)"
     # mounts: "<tag> <ro|rw> <cache> <absolute path>" (the path may contain spaces).
     while read -r tag mode cache path; do
@@ -71,7 +73,6 @@ $B mount -t devtmpfs dev /dev
 $B mkdir -p /dev/pts /dev/shm
 $B mount -t devpts devpts /dev/pts
 $B mount -t tmpfs -o mode=1777 shm /dev/shm
-$B mount -t tmpfs -o mode=1777 tmp /tmp
 $B mount -t cgroup2 none /sys/fs/cgroup || echo "HUSK-L1-WARN: cannot mount cgroup2"
 $B chmod 1777 /var/tmp
 [ -d $CTL/etc ] && $B cp -a $CTL/etc/. /etc/

@@ -53,8 +53,9 @@ pub mod exit {
 pub struct Options {
     /// Hard bound on one session (L1 boot plus command).
     pub timeout: Duration,
-    /// Kill the session when it produced no output at all (console, stdout, stderr) for
-    /// this long: that is a hang. `None` disables.
+    /// Kill the session when the command produced no output at all (console, stdout,
+    /// stderr) for this long: that is a hang. `None` disables. (L1 boot has its own
+    /// bound of 300 s.)
     pub idle_timeout: Option<Duration>,
     /// L1 memory in MiB.
     pub mem_mib: u32,

@@ -342,12 +342,15 @@ fn session(
         let _ = fs::copy(Path::new("/etc").join(f), ctl.0.join("etc").join(f));
     }
 
+    // HUSK_TESTHOST_CPU overrides the CPU model (tests use `max,-svm` to check the
+    // kvm-amd failure report).
+    let cpu = std::env::var("HUSK_TESTHOST_CPU").unwrap_or_else(|_| "max".into());
     let mut cmd = Command::new(qemu);
     cmd.args([
         "-accel",
         "tcg,thread=multi",
         "-cpu",
-        "max",
+        &cpu,
         "-M",
         "q35",
         "-nic",
@@ -443,7 +446,8 @@ fn session(
                     BOOT_TIMEOUT.as_secs()
                 ),
             ));
-        } else if opts.idle_timeout.is_some_and(|i| quiet >= i) {
+        } else if console.exec_at.is_some() && opts.idle_timeout.is_some_and(|i| quiet >= i) {
+            // Only the command phase: a quiet kernel boot is bounded by BOOT_TIMEOUT.
             break Some(timeout(
                 true,
                 format!(
