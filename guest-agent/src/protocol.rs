@@ -430,6 +430,11 @@ impl Message {
                 let id = r.u64()?;
                 let tag = r.u8()?;
                 let value = r.i32()?;
+                if matches!(tag, 0 | 2) && value != 0 {
+                    return Err(r.malformed(format!(
+                        "status tag {tag} carries value {value}; expected 0"
+                    )));
+                }
                 let status = match tag {
                     0 => Status::Ok,
                     1 => Status::FunctionError { code: value },

@@ -269,6 +269,17 @@ fn malformed_bodies_are_reported() {
     body.extend(std::iter::repeat_n(b'a', MAX_SHORT_STRING + 1));
     let e = Message::decode_body(MessageType::Hello as u8, &body).unwrap_err();
     assert!(matches!(e, ProtocolError::Malformed { .. }), "{e:?}");
+    // Non-canonical status value (every message has exactly one encoding).
+    let mut body = Vec::new();
+    body.extend_from_slice(&1u64.to_le_bytes());
+    body.push(0);
+    body.extend_from_slice(&5i32.to_le_bytes());
+    body.extend_from_slice(&[0; 4 + 8 + 4 + 4]);
+    let e = Message::decode_body(MessageType::Result as u8, &body).unwrap_err();
+    assert!(
+        matches!(e, ProtocolError::Malformed { what: "result", .. }),
+        "{e:?}"
+    );
     // Unknown result status tag.
     let mut body = Vec::new();
     body.extend_from_slice(&1u64.to_le_bytes());
