@@ -215,6 +215,19 @@ fn timeout_kills_the_whole_process_group() {
 }
 
 #[test]
+fn sleeper_reports_whether_a_process_is_alive() {
+    let sb = start("sleeper", Mode::Exec, reuse);
+    let me = std::process::id();
+    assert_eq!(
+        sb.invoke(format!("alive {me}").as_bytes(), 5000)
+            .unwrap()
+            .body,
+        b"alive"
+    );
+    assert_eq!(sb.invoke(b"alive 999999999", 5000).unwrap().body, b"gone");
+}
+
+#[test]
 fn crashes_report_signal_or_exit_code() {
     let cases: [(&[u8], Status); 3] = [
         (b"segv", Status::Crashed(Crash::Signal(libc::SIGSEGV))),

@@ -119,8 +119,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// A random sandbox id (16 hex digits).
 pub fn random_id() -> String {
     let mut b = [0u8; 8];
+    // Non-blocking: early in boot the pool may not be initialised yet, and the agent
+    // must not stall its readiness on it.
     // SAFETY: the pointer and length describe `b`, which lives across the call.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), libc::GRND_NONBLOCK) };
     if n != 8 {
         // No entropy yet: fall back to time and pid; ids only need to differ.
         let t = std::time::SystemTime::now()

@@ -1,12 +1,38 @@
 //! `fn-sleeper`: outlives any deadline. Forks a child that sleeps even longer (the agent
 //! must kill the whole process group), reports the child's pid on stderr as
 //! `child=PID`, then sleeps for the payload's number of milliseconds (default 600000).
+//!
+//! Payload `alive PID` instead answers `alive` or `gone` for that process (reads
+//! `/proc`), so a test can check inside the guest that the child was killed.
 
 use std::io::Write;
 use std::time::Duration;
 
+fn alive(pid: &[u8]) -> &'static [u8] {
+    let Some(pid) = husk_functions::parse_number(pid) else {
+        return b"bad pid";
+    };
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim().chars().next());
+            if matches!(state, Some('Z') | Some('X')) {
+                b"gone"
+            } else {
+                b"alive"
+            }
+        }
+        Err(_) => b"gone",
+    }
+}
+
 fn main() {
     let payload = husk_functions::read_payload().unwrap_or_default();
+    if let Some(pid) = payload.strip_prefix(b"alive ") {
+        let _ = husk_functions::write_body(alive(pid));
+        return;
+    }
     let ms = husk_functions::parse_number(&payload).unwrap_or(600_000);
     // SAFETY: this process is single-threaded here; the child only sleeps and exits.
     let pid = unsafe { libc::fork() };
