@@ -157,6 +157,11 @@ fn vsock_both_ways_and_hwrng_in_a_real_guest() {
         "husk exited with {status}:\n{}",
         vm.transcript()
     );
+    for l in vm.transcript().lines() {
+        if l.contains("HUSK-DEVICES") || l.contains("virtio") || l.contains("vsock") {
+            println!("  | {l}");
+        }
+    }
     println!(
         "devices e2e: all steps passed in {:.3} s",
         vm.elapsed().as_secs_f64()
