@@ -1,0 +1,368 @@
+//! Agent e2e test: `husk run` boots the real guest kernel with an initramfs packed by
+//! `husk_agent::pack` (the agent as /init plus one example function) and the host client
+//! talks to the agent through husk's hybrid vsock socket. Covers: every example function
+//! in its own sandbox with body and status asserted, a malformed frame answered with an
+//! Error frame while the agent keeps serving, the single-invocation rule and reuse mode,
+//! a forked child that outlives the deadline leaving no process behind (checked inside
+//! the guest), a clean shutdown (husk exits 0), and two benchmarks printed with their
+//! figures: invocation round trip over 100 invocations (reuse mode, echo) and boot to
+//! ready (median of 5).
+//!
+//! Needs a hardware-virt KVM host (run it through `husk-testhost`), `HUSK_KERNEL` and the
+//! static binaries (`scripts/build.sh`: husk, husk-agent, fn-*); fails, never skips.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use husk_agent::client::{AgentClient, ClientConfig, ClientError};
+use husk_agent::config::Mode;
+use husk_agent::pack::{pack, PackSpec};
+use husk_agent::protocol::{Codec, Crash, ErrorCode, Invoke, InvokeResult, Message, Status};
+use husk_tests::e2e::{self, ScratchDir, Spawned};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// husk's default command line (vmm/src/builder.rs) plus the agent's options.
+const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=0 pci=off nomodule \
+     i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet";
+
+struct Sandbox {
+    vm: Spawned,
+    uds: PathBuf,
+    _dir: ScratchDir,
+    /// Test-side time from spawning husk to the first Hello.
+    hello_after: Duration,
+}
+
+struct Boot<'a> {
+    function: &'a str,
+    mode: Mode,
+    cmdline: &'a str,
+    output_cap: Option<usize>,
+}
+
+impl<'a> Boot<'a> {
+    fn new(function: &'a str, mode: Mode) -> Self {
+        Self {
+            function,
+            mode,
+            cmdline: "",
+            output_cap: None,
+        }
+    }
+    fn cmdline(mut self, c: &'a str) -> Self {
+        self.cmdline = c;
+        self
+    }
+    fn output_cap(mut self, c: usize) -> Self {
+        self.output_cap = Some(c);
+        self
+    }
+
+    fn start(self) -> Sandbox {
+        e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
+        let husk = e2e::bin("husk").unwrap_or_else(|e| panic!("{e}"));
+        let kernel = e2e::kernel().unwrap_or_else(|e| panic!("{e}"));
+        let dir = ScratchDir::new(&format!("agent-{}", self.function)).unwrap();
+        let spec = PackSpec {
+            agent: e2e::bin("husk-agent").unwrap_or_else(|e| panic!("{e}")),
+            function: e2e::bin(self.function).unwrap_or_else(|e| panic!("{e}")),
+            mode: self.mode,
+            args: vec![],
+            env: BTreeMap::new(),
+            files: vec![],
+            deadline_ms: None,
+            output_cap: self.output_cap,
+            gzip: false,
+        };
+        let initrd = dir.path().join("initramfs.cpio");
+        std::fs::write(&initrd, pack(&spec).unwrap()).unwrap();
+        let uds = dir.path().join("vsock.sock");
+        let mut cmd = Command::new(husk);
+        cmd.arg("run")
+            .arg("--kernel")
+            .arg(kernel)
+            .arg("--initrd")
+            .arg(&initrd)
+            .args(["--mem-mib", "128", "--vsock-cid", "3", "--vsock-uds"])
+            .arg(&uds)
+            .args(["--entropy", "--boot-timer", "--cmdline"])
+            .arg(format!("{BASE_CMDLINE} {}", self.cmdline));
+        let started = Instant::now();
+        let vm = Spawned::spawn(cmd).unwrap();
+        let mut sb = Sandbox {
+            vm,
+            uds,
+            _dir: dir,
+            hello_after: Duration::ZERO,
+        };
+        // Ready = the agent answers with a Hello (the VMM closes connections to a port
+        // nobody listens on yet, so retry until then).
+        let c = sb.connect_within(BOOT_TIMEOUT);
+        sb.hello_after = started.elapsed();
+        drop(c);
+        sb
+    }
+}
+
+impl Sandbox {
+    fn connect_within(&mut self, timeout: Duration) -> AgentClient {
+        let end = Instant::now() + timeout;
+        let mut cfg = ClientConfig::new(&self.uds);
+        cfg.connect_timeout = Duration::from_secs(10);
+        loop {
+            match AgentClient::connect(&cfg) {
+                Ok(c) => return c,
+                Err(
+                    ClientError::SocketMissing(_)
+                    | ClientError::Refused(_)
+                    | ClientError::HandshakeClosed(_),
+                ) if Instant::now() < end => std::thread::sleep(Duration::from_millis(50)),
+                Err(e) => panic!(
+                    "cannot reach the agent: {e}\n--- transcript ---\n{}",
+                    self.vm.transcript()
+                ),
+            }
+        }
+    }
+
+    fn client(&mut self) -> AgentClient {
+        self.connect_within(STEP_TIMEOUT)
+    }
+
+    fn invoke(&mut self, payload: &[u8], deadline_ms: u32) -> Result<InvokeResult, ClientError> {
+        let mut c = self.client();
+        c.invoke(
+            Invoke {
+                id: 1,
+                deadline_ms,
+                payload: payload.to_vec(),
+            },
+            STEP_TIMEOUT,
+        )
+    }
+
+    fn invoke_ok(&mut self, payload: &[u8], deadline_ms: u32) -> InvokeResult {
+        match self.invoke(payload, deadline_ms) {
+            Ok(r) => r,
+            Err(e) => panic!(
+                "invocation failed: {e}\n--- transcript ---\n{}",
+                self.vm.transcript()
+            ),
+        }
+    }
+
+    /// The boot-ready line husk printed (`--boot-timer`), in ms, if the marker came.
+    fn marker_ms(&mut self) -> Option<f64> {
+        self.vm.lines().iter().find_map(|l| {
+            l.text
+                .split("guest ready after ")
+                .nth(1)
+                .and_then(|r| r.trim_end_matches(" ms").trim().parse().ok())
+        })
+    }
+
+    /// Ask the agent to reboot; husk must then exit 0.
+    fn shutdown(mut self) {
+        let mut c = self.client();
+        c.shutdown().unwrap();
+        let status = self
+            .vm
+            .wait_exit(EXIT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            status.success(),
+            "husk exited with {status} after the agent's reboot:\n{}",
+            self.vm.transcript()
+        );
+    }
+}
+
+#[test]
+fn every_example_function_in_its_own_sandbox() {
+    // echo (exec): binary-safe body.
+    let mut sb = Boot::new("fn-echo", Mode::Exec).start();
+    let payload: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let r = sb.invoke_ok(&payload, 10_000);
+    assert_eq!(r.status, Status::Ok);
+    assert_eq!(r.body, payload);
+    sb.shutdown();
+
+    // counter (worker): state survives between invocations (reuse on).
+    let mut sb = Boot::new("fn-counter", Mode::Worker)
+        .cmdline("husk.reuse=1")
+        .start();
+    for n in 1..=3 {
+        let r = sb.invoke_ok(b"tick", 10_000);
+        assert_eq!((r.status, r.body), (Status::Ok, n.to_string().into_bytes()));
+    }
+    sb.shutdown();
+
+    // hash (exec, CPU-bound).
+    let mut sb = Boot::new("fn-hash", Mode::Exec).start();
+    let r = sb.invoke_ok(b"rounds=1\nabc", 30_000);
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (
+            Status::Ok,
+            &b"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"[..]
+        )
+    );
+    sb.shutdown();
+
+    // crasher (exec): SIGSEGV is reported as a crash with the signal.
+    let mut sb = Boot::new("fn-crasher", Mode::Exec).start();
+    let r = sb.invoke_ok(b"segv", 10_000);
+    assert_eq!(r.status, Status::Crashed(Crash::Signal(libc::SIGSEGV)));
+    assert!(String::from_utf8_lossy(&r.stderr_tail).contains("crasher about to crash"));
+    sb.shutdown();
+
+    // chatty (exec): output cut at the cap and flagged.
+    let mut sb = Boot::new("fn-chatty", Mode::Exec).output_cap(4096).start();
+    let r = sb.invoke_ok(b"1000000", 30_000);
+    assert_eq!(r.status, Status::Ok);
+    assert_eq!(r.body, vec![b'x'; 4096]);
+    assert!(r.output_truncated());
+    sb.shutdown();
+
+    // sleeper (exec): the deadline ends it with Timeout.
+    let mut sb = Boot::new("fn-sleeper", Mode::Exec).start();
+    let t = Instant::now();
+    let r = sb.invoke_ok(b"600000", 1000);
+    assert_eq!(r.status, Status::Timeout);
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    sb.shutdown();
+}
+
+#[test]
+fn forked_child_past_the_deadline_leaves_no_process() {
+    let mut sb = Boot::new("fn-sleeper", Mode::Exec)
+        .cmdline("husk.reuse=1")
+        .start();
+    let r = sb.invoke_ok(b"600000", 1000);
+    assert_eq!(r.status, Status::Timeout);
+    let tail = String::from_utf8_lossy(&r.stderr_tail).into_owned();
+    let child = tail
+        .trim()
+        .strip_prefix("child=")
+        .unwrap_or_else(|| panic!("no child pid in the stderr tail {tail:?}"))
+        .to_string();
+    // Ask inside the guest (the sleeper checks /proc) until the child is gone.
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = sb.invoke_ok(format!("alive {child}").as_bytes(), 10_000);
+        if r.body == b"gone" {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "child {child} still alive in the guest"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    sb.shutdown();
+}
+
+#[test]
+fn malformed_frame_gets_an_error_and_single_use_is_enforced() {
+    let mut sb = Boot::new("fn-echo", Mode::Exec).start();
+    let mut c = sb.client();
+    let mut frame = Codec::default().encode(&Message::Ping(1)).unwrap();
+    frame[5] = 0xee;
+    c.send_raw(&frame).unwrap();
+    match c.read_message(STEP_TIMEOUT).unwrap() {
+        Message::Error(e) => assert_eq!(e.kind(), ErrorCode::UnknownType),
+        other => panic!("expected an error frame, got {other:?}"),
+    }
+    c.send_raw(b"this is not a frame at all").unwrap();
+    match c.read_message(STEP_TIMEOUT).unwrap() {
+        Message::Error(e) => assert_eq!(e.kind(), ErrorCode::BadMagic),
+        other => panic!("expected an error frame, got {other:?}"),
+    }
+    drop(c);
+    // The agent keeps serving: the one invocation works on a new connection...
+    assert_eq!(sb.invoke_ok(b"first", 10_000).body, b"first");
+    // ...and the second is refused.
+    match sb.invoke(b"second", 10_000) {
+        Err(ClientError::Agent(e)) => {
+            assert_eq!(e.kind(), ErrorCode::AlreadyUsed);
+            assert!(e.message.contains("husk.reuse=1"), "{}", e.message);
+        }
+        other => panic!("second invocation should be refused, got {other:?}"),
+    }
+    sb.shutdown();
+}
+
+#[test]
+fn reuse_mode_round_trip_benchmark() {
+    let mut sb = Boot::new("fn-echo", Mode::Exec)
+        .cmdline("husk.reuse=1")
+        .start();
+    let mut c = sb.client();
+    let mut rtts = Vec::new();
+    let mut agent_us = Vec::new();
+    for i in 0..100u64 {
+        let payload = format!("invocation {i}").into_bytes();
+        let t = Instant::now();
+        let r = c
+            .invoke(
+                Invoke {
+                    id: i,
+                    deadline_ms: 10_000,
+                    payload: payload.clone(),
+                },
+                STEP_TIMEOUT,
+            )
+            .unwrap();
+        rtts.push(t.elapsed());
+        agent_us.push(Duration::from_micros(r.duration_us));
+        assert_eq!((r.id, r.status, r.body), (i, Status::Ok, payload));
+    }
+    rtts.sort();
+    agent_us.sort();
+    println!(
+        "BENCH invoke round trip (echo, exec, reuse, 100 invocations, host send -> result): median {:.3} ms, p99 {:.3} ms, min {:.3} ms, max {:.3} ms; agent-side median {:.3} ms",
+        ms(rtts[50]),
+        ms(rtts[98]),
+        ms(rtts[0]),
+        ms(rtts[99]),
+        ms(agent_us[50])
+    );
+    drop(c);
+    sb.shutdown();
+}
+
+#[test]
+fn boot_to_ready_median_of_5() {
+    let mut hello = Vec::new();
+    let mut marker = Vec::new();
+    for _ in 0..5 {
+        let mut sb = Boot::new("fn-echo", Mode::Exec).start();
+        hello.push(sb.hello_after);
+        if let Some(ms) = sb.marker_ms() {
+            marker.push(Duration::from_secs_f64(ms / 1000.0));
+        }
+        sb.shutdown();
+    }
+    let marker_text = if marker.len() == 5 {
+        format!("{:.1} ms", ms(e2e::median(&marker)))
+    } else {
+        format!(
+            "not measured ({} of 5 boots printed the ready marker)",
+            marker.len()
+        )
+    };
+    println!(
+        "BENCH boot to ready (echo, median of 5): VMM ready marker {marker_text}; husk spawn -> first agent Hello {:.1} ms",
+        ms(e2e::median(&hello))
+    );
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
