@@ -1,7 +1,8 @@
 //! virtio device e2e test: `husk run` boots the real guest kernel with virtio-vsock
 //! (hybrid Unix socket) and virtio-rng; the `devices-init.cpio` fixture's init
 //! (`husk-test-devices-init`) proves from inside the guest:
-//! - a host-initiated vsock connection (`CONNECT 5000` on the Unix socket) echoes;
+//! - a host-initiated vsock connection (`CONNECT 5000` on the Unix socket) echoes a
+//!   line and then 1 MiB of data (credit flow control, half-close);
 //! - a guest-initiated connection to host port 6000 reaches `<uds>_6000`;
 //! - /dev/hwrng delivers 64 non-zero bytes.
 //!
@@ -13,7 +14,7 @@
 // The whole file is test code: helpers may unwrap like the test functions do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::process::Command;
@@ -57,8 +58,17 @@ fn serve_host_port(listener: UnixListener, tx: mpsc::Sender<String>) {
     let _ = tx.send(line.trim_end().to_string());
 }
 
-/// Host-initiated connection: `CONNECT 5000`, expect `OK <port>`, send a line, read it back.
-fn host_echo(uds: &Path, msg: &str) -> (String, String) {
+/// Bytes of patterned data pushed through the host-initiated connection (several
+/// times both sides' 256 KiB credit, so flow control has to work).
+const BULK: usize = 1 << 20;
+
+fn pattern(i: usize) -> u8 {
+    (i.wrapping_mul(31) ^ (i >> 8)) as u8
+}
+
+/// Host-initiated connection: `CONNECT 5000`, expect `OK <port>`, send a line and read
+/// it back, then push [`BULK`] bytes, half-close, and read the echo until EOF.
+fn host_echo(uds: &Path, msg: &str) -> (String, String, Vec<u8>) {
     let stream = UnixStream::connect(uds).unwrap_or_else(|e| panic!("connect {uds:?}: {e}"));
     stream.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
@@ -68,7 +78,16 @@ fn host_echo(uds: &Path, msg: &str) -> (String, String) {
     (&stream).write_all(format!("{msg}\n").as_bytes()).unwrap();
     let mut echo = String::new();
     reader.read_line(&mut echo).unwrap();
-    (ok.trim_end().to_string(), echo.trim_end().to_string())
+    let writer = stream.try_clone().unwrap();
+    let pusher = thread::spawn(move || {
+        let data: Vec<u8> = (0..BULK).map(pattern).collect();
+        (&writer).write_all(&data).unwrap();
+        writer.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let mut back = Vec::new();
+    reader.read_to_end(&mut back).unwrap();
+    pusher.join().unwrap();
+    (ok.trim_end().to_string(), echo.trim_end().to_string(), back)
 }
 
 #[test]
@@ -108,13 +127,19 @@ fn vsock_both_ways_and_hwrng_in_a_real_guest() {
     println!("guest listening after {:.3} s", listening.at.as_secs_f64());
 
     // Host-initiated: CONNECT 5000 through husk's Unix socket.
-    let (ok, echo) = host_echo(&uds, "ping from the host");
+    let (ok, echo, back) = host_echo(&uds, "ping from the host");
     assert!(
         ok.starts_with("OK ") && ok[3..].parse::<u32>().is_ok_and(|p| p >= 1 << 30),
         "bad CONNECT answer {ok:?}"
     );
     assert_eq!(echo, "ping from the host");
-    if let Err(e) = vm.wait_for_line("HUSK-DEVICES: echoed ping from the host", STEP_TIMEOUT) {
+    assert_eq!(back.len(), BULK, "bulk echo came back short");
+    assert!(
+        back.iter().enumerate().all(|(i, &b)| b == pattern(i)),
+        "bulk echo corrupted"
+    );
+    let expect = format!("HUSK-DEVICES: echoed ping from the host (+{BULK} bulk bytes)");
+    if let Err(e) = vm.wait_for_line(&expect, STEP_TIMEOUT) {
         fail(&mut vm, "guest did not report the echo", &e);
     }
 

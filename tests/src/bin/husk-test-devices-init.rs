@@ -4,8 +4,9 @@
 //! starting `HUSK-DEVICES: ` that the test waits for:
 //! 1. `console ok`;
 //! 2. listens on vsock port 5000 (`listening on vsock port 5000`), accepts one
-//!    connection (the host's, through `CONNECT 5000`), reads a line and echoes it back
-//!    (`echoed <line>`);
+//!    connection (the host's, through `CONNECT 5000`), reads a line and echoes it back,
+//!    then echoes raw bytes until the host shuts down its side
+//!    (`echoed <line> (+<n> bulk bytes)`);
 //! 3. connects to the host (CID 2) port 6000, sends `hello from the guest\n` and reads
 //!    the host's answer line (`host said <line>`);
 //! 4. reads 64 bytes from /dev/hwrng (`hwrng 64 bytes <hex>`);
@@ -171,7 +172,19 @@ fn echo_step() -> io::Result<String> {
     let mut conn = accept(&listener)?;
     let line = read_line(&mut conn)?;
     conn.write_all(format!("{line}\n").as_bytes())?;
-    Ok(line)
+    // Bulk phase: echo everything until the host shuts down its side.
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0usize;
+    loop {
+        wait_readable(&conn, IO_TIMEOUT)?;
+        let n = conn.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        conn.write_all(&buf[..n])?;
+        total += n;
+    }
+    Ok(format!("{line} (+{total} bulk bytes)"))
 }
 
 fn connect_step() -> io::Result<String> {
