@@ -88,17 +88,16 @@ fn main() -> ExitCode {
             log(&format!("cannot watch SIGTERM: {e}"));
         }
     }
-    let args = match Args::try_parse() {
-        Ok(a) => a,
-        Err(e) if pid1 => {
-            log(&format!("ignoring bad arguments: {e}"));
-            Args {
-                unix: None,
-                config: None,
-                cmdline: None,
-            }
+    // As init, argv holds whatever words of the kernel command line the kernel did not
+    // recognise (e.g. `nomodule`): not ours to parse.
+    let args = if pid1 {
+        Args {
+            unix: None,
+            config: None,
+            cmdline: None,
         }
-        Err(e) => e.exit(),
+    } else {
+        Args::parse()
     };
     match run(args, pid1) {
         Ok(()) => ExitCode::SUCCESS,
