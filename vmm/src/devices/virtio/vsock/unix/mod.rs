@@ -74,6 +74,7 @@ pub struct VsockUnixBackend {
     next_local_port: u32,
     changes: Vec<EpollChange>,
     closed: Vec<UnixStream>,
+    max_connections: usize,
 }
 
 /// A timerfd whose read never blocks (it may be disarmed between epoll reporting it
@@ -145,6 +146,7 @@ impl VsockUnixBackend {
             next_local_port: FIRST_LOCAL_PORT,
             changes: Vec::new(),
             closed: Vec::new(),
+            max_connections: MAX_CONNECTIONS,
         })
     }
 
@@ -165,8 +167,13 @@ impl VsockUnixBackend {
             .map(|c| c.buffered())
     }
 
+    /// Lower the connection limit (tests use it to reach the limit cheaply).
+    pub fn set_max_connections(&mut self, max: usize) {
+        self.max_connections = max.min(MAX_CONNECTIONS);
+    }
+
     fn at_capacity(&self) -> bool {
-        self.conns.len() + self.pending.len() >= MAX_CONNECTIONS
+        self.conns.len() + self.pending.len() >= self.max_connections
     }
 
     fn queue_rst(&mut self, hdr: VsockHeader) {
