@@ -214,6 +214,33 @@ fn timeout_kills_the_whole_process_group() {
     );
 }
 
+fn child_pid(r: &InvokeResult) -> i32 {
+    let tail = String::from_utf8_lossy(&r.stderr_tail).into_owned();
+    tail.trim()
+        .strip_prefix("child=")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no child pid in stderr tail {tail:?}"))
+}
+
+fn assert_gone(pid: i32) {
+    let end = Instant::now() + Duration::from_secs(3);
+    while process_alive(pid) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!process_alive(pid), "process {pid} outlived its invocation");
+}
+
+#[test]
+fn function_that_exits_while_its_child_holds_the_pipes_ends_promptly() {
+    let sb = start("sleeper", Mode::Exec, |_| {});
+    let t = Instant::now();
+    let r = sb.invoke(b"detach", 10_000).unwrap();
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    assert_eq!(r.status, Status::Ok);
+    assert_eq!(r.body, b"detached");
+    assert_gone(child_pid(&r));
+}
+
 #[test]
 fn sleeper_reports_whether_a_process_is_alive() {
     let sb = start("sleeper", Mode::Exec, reuse);

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod config;
+pub mod exec;
 pub mod pack;
 pub mod pid1;
 pub mod protocol;

@@ -141,6 +141,12 @@ impl Reaper {
         }
     }
 
+    /// Whether registered child `pid` has exited (its status is kept for
+    /// [`Reaper::wait_timeout`]).
+    pub fn has_exited(&self, pid: i32) -> bool {
+        matches!(self.shared.lock().get(&pid), Some(Some(_)))
+    }
+
     /// Kill the whole process group led by `pid` with SIGKILL (ignores a gone group).
     pub fn kill_group(pid: i32) {
         if pid <= 1 {

@@ -2,7 +2,7 @@
 //! long-lived process speaking [`crate::worker`] frames), with deadlines, output caps and
 //! stderr tails. The function is untrusted: nothing it does may hang the agent.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::process::{ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -17,7 +17,7 @@ use crate::worker;
 /// How many trailing stderr bytes are kept per invocation.
 pub const STDERR_TAIL: usize = 4096;
 /// How long to wait for a killed function to be reaped and its pipes to close.
-const GRACE: Duration = Duration::from_secs(2);
+pub(crate) const GRACE: Duration = Duration::from_secs(2);
 
 /// Errors starting a function.
 #[derive(Debug, thiserror::Error)]
@@ -54,14 +54,22 @@ pub struct Outcome {
 
 /// Last `cap` bytes of a stream, plus a running count of all bytes seen.
 #[derive(Debug, Default)]
-struct Tail {
+pub(crate) struct Tail {
     buf: Vec<u8>,
     total: u64,
     cap: usize,
 }
 
 impl Tail {
-    fn push(&mut self, data: &[u8]) {
+    /// An empty tail keeping `cap` bytes.
+    pub(crate) fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            ..Self::default()
+        }
+    }
+
+    pub(crate) fn push(&mut self, data: &[u8]) {
         self.total += data.len() as u64;
         self.buf.extend_from_slice(data);
         if self.buf.len() > 2 * self.cap {
@@ -70,7 +78,7 @@ impl Tail {
         }
     }
     /// Bytes written since the running count was `since`, at most `cap`.
-    fn since(&self, since: u64) -> Vec<u8> {
+    pub(crate) fn since(&self, since: u64) -> Vec<u8> {
         let new = (self.total - since).min(self.cap as u64) as usize;
         let new = new.min(self.buf.len());
         self.buf[self.buf.len() - new..].to_vec()
@@ -106,7 +114,7 @@ fn spawn_tail_reader<R: Read + Send + 'static>(
         .map(|_| ())
 }
 
-fn build_command(cfg: &FunctionConfig) -> Result<Command, RunError> {
+pub(crate) fn build_command(cfg: &FunctionConfig) -> Result<Command, RunError> {
     let path = cfg.path.display().to_string();
     if !is_executable(&cfg.path) {
         return Err(RunError::NotExecutable(path));
@@ -122,10 +130,14 @@ fn build_command(cfg: &FunctionConfig) -> Result<Command, RunError> {
                 Mode::Worker => "worker",
             },
         )
-        .current_dir(&cfg.workdir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // Only change directory when needed: without a chdir, std can start the function
+    // with posix_spawn (vfork-like) instead of fork, which is much cheaper in a guest.
+    if std::env::current_dir().ok().as_deref() != Some(cfg.workdir.as_path()) {
+        cmd.current_dir(&cfg.workdir);
+    }
     Ok(cmd)
 }
 
@@ -136,143 +148,11 @@ fn is_executable(p: &std::path::Path) -> bool {
         .unwrap_or(false)
 }
 
-fn crash_of(exit: Exit) -> Crash {
+pub(crate) fn crash_of(exit: Exit) -> Crash {
     match exit {
         Exit::Signal(s) => Crash::Signal(s),
         Exit::Code(c) => Crash::Exit(c),
     }
-}
-
-/// Run one exec-mode invocation: payload on stdin, stdout is the body, the exit status
-/// decides ok / function error / crashed, the deadline kills the process group.
-pub fn run_exec(
-    reaper: &Reaper,
-    cfg: &FunctionConfig,
-    payload: Vec<u8>,
-    deadline: Duration,
-) -> Result<Outcome, RunError> {
-    let mut cmd = build_command(cfg)?;
-    let mut child = reaper.spawn(&mut cmd).map_err(|source| RunError::Spawn {
-        path: cfg.path.display().to_string(),
-        source,
-    })?;
-    let pid = child.id() as i32;
-    let start = Instant::now();
-    let (stdin, stdout, stderr) =
-        match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
-            (Some(i), Some(o), Some(e)) => (i, o, e),
-            _ => {
-                Reaper::kill_group(pid);
-                let _ = reaper.wait_timeout(pid, Some(GRACE));
-                return Err(RunError::Setup(io::Error::other("missing child pipe")));
-            }
-        };
-    let setup = (|| {
-        thread::Builder::new()
-            .name("fn-stdin".into())
-            .spawn(move || {
-                let mut stdin = stdin;
-                // EPIPE when the function does not read its input is fine.
-                let _ = stdin.write_all(&payload);
-            })?;
-        let (done_tx, done_rx) = mpsc::channel();
-        let out = Arc::new(Mutex::new(Capture::new(cfg.output_cap)));
-        let out2 = out.clone();
-        let tx = done_tx.clone();
-        thread::Builder::new()
-            .name("fn-stdout".into())
-            .spawn(move || {
-                let mut stdout = stdout;
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    match stdout.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => lock_cap(&out2).push(&buf[..n]),
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => break,
-                    }
-                }
-                let _ = tx.send(());
-            })?;
-        let tail = Arc::new(Mutex::new(Tail {
-            cap: STDERR_TAIL,
-            ..Tail::default()
-        }));
-        spawn_tail_reader(stderr, tail.clone(), done_tx)?;
-        Ok::<_, io::Error>((out, tail, done_rx))
-    })();
-    let (out, tail, done_rx) = match setup {
-        Ok(v) => v,
-        Err(e) => {
-            Reaper::kill_group(pid);
-            let _ = reaper.wait_timeout(pid, Some(GRACE));
-            return Err(RunError::Setup(e));
-        }
-    };
-
-    let remaining = deadline.saturating_sub(start.elapsed());
-    let exit = reaper.wait_timeout(pid, Some(remaining));
-    // Whatever happened, nothing of this invocation may outlive it.
-    Reaper::kill_group(pid);
-    let status = match exit {
-        None => {
-            let _ = reaper.wait_timeout(pid, Some(GRACE));
-            Status::Timeout
-        }
-        Some(Exit::Code(0)) => Status::Ok,
-        Some(Exit::Code(code)) => Status::FunctionError { code },
-        Some(Exit::Signal(s)) => Status::Crashed(Crash::Signal(s)),
-    };
-    // Wait (bounded) for both readers to see EOF so no output is lost.
-    let end = Instant::now() + GRACE;
-    for _ in 0..2 {
-        if done_rx
-            .recv_timeout(end.saturating_duration_since(Instant::now()))
-            .is_err()
-        {
-            break;
-        }
-    }
-    let cap = lock_cap(&out);
-    let tail = lock_tail(&tail);
-    Ok(Outcome {
-        status,
-        flags: if cap.truncated {
-            RESULT_OUTPUT_TRUNCATED
-        } else {
-            0
-        },
-        body: cap.buf.clone(),
-        stderr_tail: tail.since(0),
-    })
-}
-
-#[derive(Debug)]
-struct Capture {
-    buf: Vec<u8>,
-    cap: usize,
-    truncated: bool,
-}
-
-impl Capture {
-    fn new(cap: usize) -> Self {
-        Self {
-            buf: Vec::new(),
-            cap,
-            truncated: false,
-        }
-    }
-    fn push(&mut self, data: &[u8]) {
-        let room = self.cap.saturating_sub(self.buf.len());
-        if data.len() > room {
-            self.truncated = true;
-        }
-        self.buf.extend_from_slice(&data[..data.len().min(room)]);
-    }
-}
-
-fn lock_cap(c: &Arc<Mutex<Capture>>) -> std::sync::MutexGuard<'_, Capture> {
-    c.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A running worker-mode function.
@@ -452,15 +332,5 @@ mod tests {
         }
         assert!(t.buf.len() <= 8);
         assert_eq!(t.since(0), b"6789");
-    }
-
-    #[test]
-    fn capture_cuts_at_cap() {
-        let mut c = Capture::new(5);
-        c.push(b"abc");
-        assert!(!c.truncated);
-        c.push(b"defg");
-        assert_eq!(c.buf, b"abcde");
-        assert!(c.truncated);
     }
 }

@@ -10,12 +10,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::config::{BootOptions, FunctionConfig, Mode, MAX_DEADLINE_MS};
+use crate::exec::run_exec;
 use crate::protocol::{
     Codec, ErrorCode, ErrorMsg, Hello, Invoke, InvokeResult, Limits, Message, ProtocolError,
     Restored, PROTOCOL_VERSION,
 };
 use crate::reaper::Reaper;
-use crate::runner::{run_exec, Outcome, RunError, Worker};
+use crate::runner::{Outcome, RunError, Worker};
 
 /// The message sent when a second invocation reaches a single-use sandbox.
 pub const ALREADY_USED: &str =

@@ -2,6 +2,8 @@
 //! must kill the whole process group), reports the child's pid on stderr as
 //! `child=PID`, then sleeps for the payload's number of milliseconds (default 600000).
 //!
+//! Payload `detach` forks the same long-sleeping child (holding stdout and stderr) but
+//! returns at once with body `detached`: the invocation must still end promptly.
 //! Payload `alive PID` instead answers `alive` or `gone` for that process (reads
 //! `/proc`), so a test can check inside the guest that the child was killed.
 
@@ -33,7 +35,12 @@ fn main() {
         let _ = husk_functions::write_body(alive(pid));
         return;
     }
-    let ms = husk_functions::parse_number(&payload).unwrap_or(600_000);
+    let detach = payload == b"detach";
+    let ms = if detach {
+        600_000
+    } else {
+        husk_functions::parse_number(&payload).unwrap_or(600_000)
+    };
     // SAFETY: this process is single-threaded here; the child only sleeps and exits.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
@@ -43,6 +50,10 @@ fn main() {
     if pid > 0 {
         eprintln!("child={pid}");
         let _ = std::io::stderr().flush();
+    }
+    if detach {
+        let _ = husk_functions::write_body(b"detached");
+        return;
     }
     std::thread::sleep(Duration::from_millis(ms));
     let _ = husk_functions::write_body(b"woke up");
