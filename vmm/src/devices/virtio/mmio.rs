@@ -99,7 +99,7 @@ pub mod status {
 }
 
 /// Largest power of two that is at most `max` (at least 1).
-fn pow2_floor(max: u16) -> u16 {
+pub(super) fn pow2_floor(max: u16) -> u16 {
     if max == 0 {
         1
     } else {
@@ -109,16 +109,16 @@ fn pow2_floor(max: u16) -> u16 {
 
 /// The virtio-mmio register file of one device.
 pub struct MmioTransport {
-    mem: GuestMemoryMmap,
-    device: Arc<Mutex<dyn VirtioDevice>>,
-    interrupt_status: Arc<AtomicU32>,
-    device_features_sel: u32,
-    driver_features_sel: u32,
-    driver_features: u64,
-    queue_sel: u32,
-    queues: Vec<Queue>,
-    status: u32,
-    config_generation: u32,
+    pub(super) mem: GuestMemoryMmap,
+    pub(super) device: Arc<Mutex<dyn VirtioDevice>>,
+    pub(super) interrupt_status: Arc<AtomicU32>,
+    pub(super) device_features_sel: u32,
+    pub(super) driver_features_sel: u32,
+    pub(super) driver_features: u64,
+    pub(super) queue_sel: u32,
+    pub(super) queues: Vec<Queue>,
+    pub(super) status: u32,
+    pub(super) config_generation: u32,
 }
 
 impl MmioTransport {
@@ -432,7 +432,7 @@ pub fn clone_queues(queues: &[Queue]) -> Result<Vec<Queue>, virtio_queue::Error>
 }
 
 /// Check a queue's size and ring placement: each ring must lie inside guest memory.
-fn check_queue_layout(q: &Queue, mem: &GuestMemoryMmap) -> Result<(), String> {
+pub(super) fn check_queue_layout(q: &Queue, mem: &GuestMemoryMmap) -> Result<(), String> {
     let size = u64::from(q.size());
     if size == 0 || size > u64::from(q.max_size()) || !size.is_power_of_two() {
         return Err(format!(

@@ -13,6 +13,7 @@
 
 pub mod descriptor;
 pub mod mmio;
+pub mod mmio_persist;
 pub mod ratelimit;
 pub mod rng;
 pub mod vsock;
@@ -114,5 +115,11 @@ pub trait VirtioDevice: Send {
     /// initial state (then it may be activated again).
     fn reset(&mut self) -> bool {
         false
+    }
+    /// The queues the device is using since `activate` (empty before). The transport
+    /// saves their positions in a snapshot; devices that do not return them cannot be
+    /// snapshotted while active.
+    fn active_queues(&self) -> &[virtio_queue::Queue] {
+        &[]
     }
 }

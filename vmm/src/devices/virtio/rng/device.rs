@@ -175,6 +175,10 @@ impl VirtioDevice for Entropy {
         self.mem.is_some()
     }
 
+    fn active_queues(&self) -> &[Queue] {
+        &self.queues
+    }
+
     fn reset(&mut self) -> bool {
         self.mem = None;
         self.queues.clear();

@@ -271,6 +271,10 @@ impl<B: VsockBackend> VirtioDevice for Vsock<B> {
         self.mem.is_some()
     }
 
+    fn active_queues(&self) -> &[Queue] {
+        &self.queues
+    }
+
     fn reset(&mut self) -> bool {
         self.backend.reset();
         // Wake the event loop so it unregisters and closes the dropped sockets now.
