@@ -40,6 +40,7 @@ pub struct Vsock<B: VsockBackend = VsockUnixBackend> {
     mem: Option<GuestMemoryMmap>,
     queues: Vec<Queue>,
     rx_buf: Vec<u8>,
+    pub(super) backend_reset_pending: bool,
 }
 
 impl Vsock<VsockUnixBackend> {
@@ -75,6 +76,7 @@ impl<B: VsockBackend> Vsock<B> {
             mem: None,
             queues: Vec::new(),
             rx_buf: vec![0u8; MAX_PKT_DATA],
+            backend_reset_pending: false,
         })
     }
 
@@ -262,8 +264,11 @@ impl<B: VsockBackend> VirtioDevice for Vsock<B> {
         }
         self.mem = Some(mem);
         self.queues = queues;
-        // Packets queued before DRIVER_OK are handled now.
-        self.process_all();
+        // Packets queued before DRIVER_OK are handled by the event loop: activation runs
+        // on a vCPU thread, which must not touch sockets (seccomp).
+        if let Some(evt) = self.queue_events.get(TXQ) {
+            let _ = evt.write(1);
+        }
         Ok(())
     }
 
@@ -276,8 +281,9 @@ impl<B: VsockBackend> VirtioDevice for Vsock<B> {
     }
 
     fn reset(&mut self) -> bool {
-        self.backend.reset();
-        // Wake the event loop so it unregisters and closes the dropped sockets now.
+        // Runs on a vCPU thread: the backend (sockets, timer) is reset by the event loop,
+        // woken here.
+        self.backend_reset_pending = true;
         if let Some(evt) = self.queue_events.get(RXQ) {
             let _ = evt.write(1);
         }

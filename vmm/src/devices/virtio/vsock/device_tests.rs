@@ -197,26 +197,47 @@ fn config_space_holds_the_guest_cid_through_the_transport() {
 }
 
 #[test]
-fn reset_resets_the_backend() {
+fn reset_is_deferred_to_the_event_loop_and_activation_wakes_it() {
+    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
     let m = mem();
     let vqs: Vec<_> = (0..3u64)
         .map(|q| MockSplitQueue::create(&m, GuestAddress(q * 0x1000), 16))
         .collect();
-    let mut dev = Vsock::with_backend(3, Scripted::default()).unwrap();
+    let dev = Arc::new(Mutex::new(
+        Vsock::with_backend(3, Scripted::default()).unwrap(),
+    ));
     assert!(matches!(
-        dev.activate(m.clone(), vec![]),
+        dev.lock().unwrap().activate(m.clone(), vec![]),
         Err(crate::devices::virtio::ActivateError::BadQueue { index: 0, .. })
     ));
-    dev.activate(
-        m.clone(),
-        vqs.iter().map(|v| v.create_queue().unwrap()).collect(),
-    )
-    .unwrap();
-    assert!(dev.reset());
-    assert_eq!(dev.backend().resets, 1);
-    assert!(!dev.is_activated());
+    let mut mgr: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+        EventManager::new().unwrap();
+    mgr.add_subscriber(dev.clone());
+    // A packet queued before DRIVER_OK is handled by the event loop, not by activate
+    // (which runs on a vCPU thread).
+    let raw = guest_hdr(0).to_bytes();
+    m.write_slice(&raw, GuestAddress(0x8000)).unwrap();
+    vqs[TXQ]
+        .add_desc_chains(&[desc(0x8000, HDR_SIZE as u32, 0, 0)], 0)
+        .unwrap();
+    dev.lock()
+        .unwrap()
+        .activate(
+            m.clone(),
+            vqs.iter().map(|v| v.create_queue().unwrap()).collect(),
+        )
+        .unwrap();
+    assert!(dev.lock().unwrap().backend().sent.is_empty());
+    assert_eq!(mgr.run_with_timeout(100).unwrap(), 1);
+    assert_eq!(dev.lock().unwrap().backend().sent.len(), 1);
+    // Reset: the device is inactive at once, the backend is reset by the event loop.
+    assert!(dev.lock().unwrap().reset());
+    assert!(!dev.lock().unwrap().is_activated());
+    assert_eq!(dev.lock().unwrap().backend().resets, 0);
+    assert_eq!(mgr.run_with_timeout(100).unwrap(), 1);
+    assert_eq!(dev.lock().unwrap().backend().resets, 1);
     assert!(matches!(
-        dev.send_transport_reset(),
+        dev.lock().unwrap().send_transport_reset(),
         Err(VsockError::NotActivated)
     ));
 }

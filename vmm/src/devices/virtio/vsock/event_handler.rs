@@ -45,6 +45,10 @@ impl<B: VsockBackend> MutEventSubscriber for Vsock<B> {
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if self.backend_reset_pending {
+            self.backend_reset_pending = false;
+            self.backend.reset();
+        }
         let data = events.data() as usize;
         match data {
             RXQ | TXQ | EVQ => {
