@@ -124,6 +124,14 @@ fi
 
 say "source $SRC_PKG $SRC_VERSION, fragment sha256 $FRAG_HASH"
 
+# Work from a snapshot of the fragment, so an edit during the build cannot make the
+# published kernel disagree with its cache key.
+FRAG_SNAP=$(mktemp "$CACHE_ROOT/.fragment.XXXXXX")
+trap 'rm -f "$FRAG_SNAP"' EXIT
+cp "$FRAGMENT" "$FRAG_SNAP"
+[ "$(sha256sum "$FRAG_SNAP" | cut -c1-12)" = "$FRAG_HASH" ] ||
+  die "$FRAGMENT changed while this run started; run it again"
+
 # --- Phase 1: unpack the source once ----------------------------------------------------------
 if [ ! -f "$SRC_DIR/Makefile" ]; then
   say "[1/5] unpacking $TARBALL (about 30 s)"
@@ -157,7 +165,7 @@ run_make() {
 
 # --- Phase 2: configure ------------------------------------------------------------------------
 say "[2/5] make allnoconfig + guest.config, olddefconfig"
-KCONFIG_ALLCONFIG="$FRAGMENT" run_make allnoconfig
+KCONFIG_ALLCONFIG="$FRAG_SNAP" run_make allnoconfig
 run_make olddefconfig
 
 # --- Phase 3: every option the fragment sets must survive with the same value -------------
@@ -185,7 +193,7 @@ while IFS= read -r line || [ -n "$line" ]; do
       bad=$((bad + 1))
     fi
   fi
-done <"$FRAGMENT"
+done <"$FRAG_SNAP"
 if [ "$bad" -gt 0 ]; then
   die "$bad of $checked fragment options did not survive Kconfig (see above): fix their dependencies in $FRAGMENT"
 fi
@@ -193,7 +201,7 @@ say "  all $checked fragment options present with the requested values"
 
 # --- Phase 4: build vmlinux ---------------------------------------------------------------------
 JOBS=${JOBS:-$(nproc)}
-say "[4/5] make -j$JOBS vmlinux (7-12 min on 2 cores from scratch; log: $LOG)"
+say "[4/5] make -j$JOBS vmlinux (4-12 min on 2 cores from scratch; log: $LOG)"
 build_start=$(date +%s)
 make -C "$SRC_DIR" O="$OBJ_DIR" ARCH=x86_64 -j"$JOBS" vmlinux >>"$LOG" 2>&1 </dev/null &
 make_pid=$!
@@ -220,8 +228,17 @@ say "[5/5] publishing to $OUT_DIR"
 tmp_out=$(mktemp -d "$CACHE_ROOT/.out.XXXXXX")
 cp "$OBJ_DIR/vmlinux" "$tmp_out/vmlinux"
 cp "$OBJ_DIR/.config" "$tmp_out/config"
-cp "$FRAGMENT" "$tmp_out/guest.config"
+cp "$FRAG_SNAP" "$tmp_out/guest.config"
+chmod 644 "$tmp_out/guest.config"
 chmod 755 "$tmp_out"
-rm -rf "$OUT_DIR"
+# Replace an old copy (--force) with two renames, so the path is missing only between them.
+old_out=""
+if [ -e "$OUT_DIR" ]; then
+  old_out="$CACHE_ROOT/.old.$KEY.$$"
+  mv "$OUT_DIR" "$old_out"
+fi
 mv "$tmp_out" "$OUT_DIR"
+if [ -n "$old_out" ]; then
+  rm -rf "$old_out"
+fi
 finish built
