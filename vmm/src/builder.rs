@@ -398,7 +398,18 @@ fn attach_virtio_devices(
     em: &mut EventManager,
     res: &VmResources,
 ) -> Result<MmioAttacher, BuildError> {
+    // Fixed order: vsock first (window 0, IRQ 5), then entropy.
     let mut attacher = MmioAttacher::new();
+    if let Some(v) = &res.vsock {
+        use crate::devices::virtio::mmio::MmioTransport;
+        use crate::devices::virtio::vsock::Vsock;
+        let dev = Arc::new(Mutex::new(
+            Vsock::new(v.guest_cid, v.uds_path.clone())
+                .map_err(|e| BuildError::Device("vsock", e.to_string()))?,
+        ));
+        let transport = MmioTransport::new(mem.clone(), dev.clone());
+        attacher.attach(vm, mmio_bus, em, Arc::new(Mutex::new(transport)), dev)?;
+    }
     if res.entropy {
         use crate::devices::virtio::mmio::MmioTransport;
         use crate::devices::virtio::rng::Entropy;
@@ -407,12 +418,6 @@ fn attach_virtio_devices(
         ));
         let transport = MmioTransport::new(mem.clone(), dev.clone());
         attacher.attach(vm, mmio_bus, em, Arc::new(Mutex::new(transport)), dev)?;
-    }
-    if res.vsock.is_some() {
-        return Err(BuildError::Device(
-            "vsock",
-            "virtio-vsock is not available in this build yet".into(),
-        ));
     }
     Ok(attacher)
 }

@@ -3,3 +3,6 @@
 pub mod memory;
 pub mod vcpu;
 pub mod vm;
+
+#[cfg(test)]
+mod kvm_tests;

@@ -569,3 +569,101 @@ impl Drop for VcpuHandle {
         self.exit();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::BusDevice;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    struct Recorder(Vec<(u64, Vec<u8>)>);
+    impl BusDevice for Recorder {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8 + 1);
+        }
+        fn write(&mut self, offset: u64, data: &[u8]) {
+            self.0.push((offset, data.to_vec()));
+        }
+    }
+
+    #[test]
+    fn exits_route_to_buses_and_unowned_reads_are_all_ones() {
+        let io_dev = Arc::new(Mutex::new(Recorder::default()));
+        let mmio_dev = Arc::new(Mutex::new(Recorder::default()));
+        let mut io = Bus::new();
+        io.insert(io_dev.clone(), 0x3f8, 8).unwrap();
+        let mut mmio = Bus::new();
+        mmio.insert(mmio_dev.clone(), 0xd000_0000, 0x1000).unwrap();
+
+        let mut d = [0u8; 1];
+        assert_eq!(
+            handle_exit(&io, &mmio, VcpuExit::IoIn(0x3fd, &mut d)),
+            ExitAction::Continue
+        );
+        assert_eq!(d, [6]);
+        let mut d = [0u8; 2];
+        handle_exit(&io, &mmio, VcpuExit::IoIn(0x1234, &mut d));
+        assert_eq!(d, [0xff, 0xff]);
+        handle_exit(&io, &mmio, VcpuExit::IoOut(0x3f8, b"x"));
+        handle_exit(&io, &mmio, VcpuExit::IoOut(0x80, &[1]));
+        assert_eq!(io_dev.lock().unwrap().0, vec![(0, vec![b'x'])]);
+
+        let mut d = [0u8; 4];
+        handle_exit(&io, &mmio, VcpuExit::MmioRead(0xd000_0070, &mut d));
+        assert_eq!(d, [0x71; 4]);
+        let mut d = [0u8; 4];
+        handle_exit(&io, &mmio, VcpuExit::MmioRead(0xe000_0000, &mut d));
+        assert_eq!(d, [0xff; 4]);
+        handle_exit(&io, &mmio, VcpuExit::MmioWrite(0xd000_0050, &[1, 0, 0, 0]));
+        assert_eq!(mmio_dev.lock().unwrap().0, vec![(0x50, vec![1, 0, 0, 0])]);
+    }
+
+    #[test]
+    fn stop_exits() {
+        let (io, mmio) = (Bus::new(), Bus::new());
+        assert_eq!(
+            handle_exit(&io, &mmio, VcpuExit::Shutdown),
+            ExitAction::Stop(StopReason::Reset)
+        );
+        assert_eq!(
+            handle_exit(
+                &io,
+                &mmio,
+                VcpuExit::SystemEvent(kvm_bindings::KVM_SYSTEM_EVENT_RESET, &[])
+            ),
+            ExitAction::Stop(StopReason::Reset)
+        );
+        assert_eq!(
+            handle_exit(
+                &io,
+                &mmio,
+                VcpuExit::SystemEvent(kvm_bindings::KVM_SYSTEM_EVENT_CRASH, &[])
+            ),
+            ExitAction::Stop(StopReason::GuestPanic)
+        );
+        match handle_exit(&io, &mmio, VcpuExit::FailEntry(0x21, 1)) {
+            ExitAction::Stop(StopReason::Error(m)) => assert!(m.contains("0x21"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            handle_exit(&io, &mmio, VcpuExit::InternalError),
+            ExitAction::Stop(StopReason::Error(_))
+        ));
+        assert_eq!(handle_exit(&io, &mmio, VcpuExit::Hlt), ExitAction::Continue);
+        assert_eq!(
+            handle_exit(&io, &mmio, VcpuExit::Intr),
+            ExitAction::Continue
+        );
+    }
+
+    #[test]
+    fn lvt_mode_bits() {
+        let mut l = kvm_lapic_state::default();
+        l.regs[LAPIC_LVT0] = 0x55u8 as _;
+        l.regs[LAPIC_LVT0 + 1] = 0x01u8 as _;
+        set_lvt_mode(&mut l, LAPIC_LVT0, APIC_MODE_EXTINT);
+        assert_eq!(l.regs[LAPIC_LVT0] as u8, 0x55);
+        assert_eq!(l.regs[LAPIC_LVT0 + 1] as u8, 0x07);
+    }
+}
