@@ -10,6 +10,17 @@
 //!   reads those eventfds from its event-manager subscriber on the VMM thread.
 //! - Each device has one [`IrqTrigger`]; the builder registers its eventfd with KVM as
 //!   an irqfd on the device's GSI.
+//!
+//! Code map:
+//! - [`mmio`]: the transport (registers, status state machine, queue validation);
+//!   [`mmio_persist`]: its saved state.
+//! - [`descriptor`]: bounded, checked access to a descriptor chain's buffers.
+//! - [`ratelimit`]: `warn_limited!`, for every log line a guest can trigger.
+//! - [`rng`]: virtio-entropy. [`vsock`]: virtio-vsock and its hybrid Unix backend.
+//!
+//! Threads: register accesses (and so `activate`/`reset`) run on vCPU threads, whose
+//! seccomp filter allows almost nothing; devices therefore do no I/O there and only
+//! wake their event-manager subscriber, which does the work on the VMM thread.
 
 pub mod descriptor;
 pub mod mmio;

@@ -380,3 +380,104 @@ impl Conn {
         self.tx_buf.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn established(peer_buf_alloc: u32) -> (Conn, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let req = VsockHeader {
+            src_cid: 3,
+            dst_cid: HOST_CID,
+            src_port: 10,
+            dst_port: 20,
+            type_: TYPE_STREAM,
+            op: op::REQUEST,
+            buf_alloc: peer_buf_alloc,
+            ..VsockHeader::default()
+        };
+        (Conn::new_peer(ours, &req), theirs)
+    }
+
+    #[test]
+    fn credit_arithmetic_wraps_and_never_trusts_a_lying_peer() {
+        let (mut c, _other) = established(100);
+        c.rx_cnt = Wrapping(u32::MAX - 10) + Wrapping(50);
+        let mut h = VsockHeader {
+            buf_alloc: 100,
+            fwd_cnt: u32::MAX - 10,
+            ..VsockHeader::default()
+        };
+        c.update_peer_credit(&h);
+        assert_eq!(c.peer_credit(), 50);
+        // The peer claims to have consumed more than we ever sent: no credit at all.
+        h.fwd_cnt = c.rx_cnt.0.wrapping_add(1);
+        c.update_peer_credit(&h);
+        assert_eq!(c.peer_credit(), 0);
+    }
+
+    #[test]
+    fn reads_from_the_host_are_capped_by_credit_and_buffer() {
+        let (mut c, mut other) = established(100);
+        other.write_all(&[5u8; 1000]).unwrap();
+        let mut buf = [0u8; 4096];
+        assert!(matches!(c.recv_pkt(3, &mut buf), Recv::Packet(h, 0) if h.op == op::RESPONSE));
+        assert_eq!(c.interest(), EventSet::IN);
+        assert_eq!(c.on_event(EventSet::IN), Action::Keep);
+        assert!(c.wants_rx());
+        match c.recv_pkt(3, &mut buf) {
+            Recv::Packet(h, n) => {
+                assert_eq!((h.op, h.len, n), (op::RW, 100, 100));
+                assert_eq!(
+                    (h.src_port, h.dst_port, h.buf_alloc),
+                    (20, 10, CONN_BUF_SIZE)
+                );
+            }
+            other => panic!("expected data, got {other:?}"),
+        }
+        // Out of credit: nothing more, and no read interest (no busy loop).
+        assert!(!c.wants_rx());
+        assert!(matches!(c.recv_pkt(3, &mut buf), Recv::Nothing));
+        assert_eq!(c.interest(), EventSet::empty());
+        // Credit returns: the next read is capped by the buffer we are given.
+        c.update_peer_credit(&VsockHeader {
+            buf_alloc: 100_000,
+            fwd_cnt: 100,
+            ..VsockHeader::default()
+        });
+        assert!(c.wants_rx());
+        let mut small = [0u8; 7];
+        assert!(matches!(c.recv_pkt(3, &mut small), Recv::Packet(_, 7)));
+    }
+
+    #[test]
+    fn response_when_not_awaiting_one_kills_and_unknown_op_kills() {
+        let (mut c, _other) = established(100);
+        let h = VsockHeader::default();
+        assert_eq!(c.on_response(&h), Action::Kill);
+        let bad = VsockHeader {
+            op: 42,
+            ..VsockHeader::default()
+        };
+        assert_eq!(c.from_guest(&bad, &[]), Action::Kill);
+    }
+
+    #[test]
+    fn data_after_guest_shutdown_kills() {
+        let (mut c, _other) = established(100);
+        let sd = VsockHeader {
+            op: op::SHUTDOWN,
+            flags: SHUTDOWN_SEND,
+            ..VsockHeader::default()
+        };
+        assert_eq!(c.from_guest(&sd, &[]), Action::Keep);
+        let rw = VsockHeader {
+            op: op::RW,
+            len: 1,
+            ..VsockHeader::default()
+        };
+        assert_eq!(c.from_guest(&rw, b"x"), Action::Kill);
+    }
+}
