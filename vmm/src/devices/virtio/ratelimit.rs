@@ -2,7 +2,7 @@
 //!
 //! A guest that writes garbage to a register or queues bad descriptors in a loop must not
 //! be able to fill the host's disk through our log. Every such log line goes through
-//! [`warn_limited!`](crate::devices::virtio::ratelimit::warn_limited): each call site
+//! `warn_limited!` (crate-private macro of this module): each call site
 //! gets its own [`LogLimiter`], which lets a burst of [`BURST`] messages through per
 //! [`WINDOW_MS`] and counts the rest; the count is reported with the next message that
 //! gets through.
