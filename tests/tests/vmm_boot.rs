@@ -1,0 +1,116 @@
+//! husk boot e2e test: the real guest kernel (kernel-config) boots under `husk run` to
+//! the `peer-init.cpio` fixture's static init, which prints a marker and reboots; husk
+//! must show the line on its stdout and exit 0. A second case boots an init that exits
+//! at once (busybox `true`), so the kernel panics ("Attempted to kill init"); husk must
+//! say so and exit 3.
+//!
+//! Needs a hardware-virt KVM host (run it through `husk-testhost`), `HUSK_KERNEL`, the
+//! static `husk` binary and the fixture; fails, never skips, when one is missing.
+//! `HUSK_VMM_BOOT_RUNS=N` boots N times and prints the median VMM start → marker time.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use husk_tests::cpio::Cpio;
+use husk_tests::e2e::{self, ScratchDir, Spawned};
+
+const MARKER: &str = "HUSK-TEST-INIT: hello from the guest";
+const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn husk_run(initrd: &Path, extra_cmdline: Option<&str>) -> Command {
+    let mut cmd = Command::new(e2e::bin("husk").unwrap_or_else(|e| panic!("{e}")));
+    cmd.arg("run")
+        .arg("--kernel")
+        .arg(e2e::kernel().unwrap_or_else(|e| panic!("{e}")))
+        .arg("--initrd")
+        .arg(initrd)
+        .args(["--mem-mib", "256", "--boot-timer", "--level", "Info"]);
+    if let Some(c) = extra_cmdline {
+        cmd.arg("--cmdline").arg(c);
+    }
+    cmd
+}
+
+/// Boots the fixture once; returns (husk start → marker line, exit code).
+fn boot_once(initrd: &Path) -> (Duration, Option<i32>, String) {
+    let mut vm = Spawned::spawn(husk_run(initrd, None)).unwrap_or_else(|e| panic!("{e}"));
+    let line = vm
+        .wait_for_line(MARKER, BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("no init marker: {e}"));
+    let status = vm
+        .wait_exit(EXIT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("husk did not exit after the guest rebooted: {e}"));
+    (line.at, status.code(), vm.transcript())
+}
+
+#[test]
+fn husk_boots_the_guest_kernel_to_init_and_exits_0_on_reboot() {
+    let kvm = e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("KVM: {}", kvm.reason);
+    let initrd = e2e::fixture("peer-init.cpio").unwrap_or_else(|e| panic!("{e}"));
+    let runs: usize = std::env::var("HUSK_VMM_BOOT_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let mut times = Vec::new();
+    for i in 1..=runs {
+        let (t, code, transcript) = boot_once(&initrd);
+        assert_eq!(
+            code,
+            Some(0),
+            "husk should exit 0 after the guest reboots:\n{transcript}"
+        );
+        assert!(
+            transcript.contains("guest requested a reset through the i8042 controller"),
+            "the reboot should come through the i8042:\n{transcript}"
+        );
+        println!(
+            "husk boot {i}/{runs}: VMM start -> init marker {:.3} s",
+            t.as_secs_f64()
+        );
+        times.push(t);
+    }
+    println!(
+        "husk boot ({runs} runs): median VMM start -> init marker {:.3} s",
+        e2e::median(&times).as_secs_f64()
+    );
+}
+
+#[test]
+fn husk_exits_3_when_the_guest_kernel_panics() {
+    e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
+    let busybox = e2e::find_program("busybox").unwrap_or_else(|e| panic!("{e}"));
+    let dir = ScratchDir::new("vmm-panic").unwrap();
+    // /true is busybox: run as rdinit=/true it is the `true` applet and exits at once.
+    let mut cpio = Cpio::new();
+    cpio.dir("dev", 0o755).unwrap();
+    cpio.char_dev("dev/console", 0o600, 5, 1).unwrap();
+    cpio.file("true", &std::fs::read(&busybox).unwrap(), 0o755)
+        .unwrap();
+    let initrd = dir.path().join("exit-init.cpio");
+    std::fs::write(&initrd, cpio.finish()).unwrap();
+
+    let mut vm = Spawned::spawn(husk_run(
+        &initrd,
+        Some("console=ttyS0 reboot=k panic=0 pci=off quiet rdinit=/true"),
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_for_line("Kernel panic - not syncing", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("no panic line: {e}"));
+    let status = vm
+        .wait_exit(EXIT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("husk did not exit after the guest panicked: {e}"));
+    let transcript = vm.transcript();
+    assert_eq!(status.code(), Some(3), "exit status 3 on panic:\n{transcript}");
+    assert!(
+        transcript.contains("Attempted to kill init"),
+        "the panic is the init exiting:\n{transcript}"
+    );
+    assert!(
+        transcript.contains("the guest kernel panicked"),
+        "husk says what happened:\n{transcript}"
+    );
+}
