@@ -7,7 +7,7 @@ use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::num::Wrapping;
 use std::os::unix::net::UnixStream;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use event_manager::EventSet;
 
@@ -19,6 +19,8 @@ use crate::devices::virtio::vsock::packet::{
 /// Our receive buffer per connection (advertised as `buf_alloc`): the most guest data
 /// we hold for a host socket that does not read.
 pub const CONN_BUF_SIZE: u32 = 256 * 1024;
+/// Time a closing connection has to flush the guest's data to the host.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Send a credit update once this many forwarded bytes have not been reported.
 pub const CREDIT_UPDATE_THRESHOLD: u32 = CONN_BUF_SIZE / 2;
 
@@ -327,6 +329,7 @@ impl Conn {
                 return Action::Kill;
             }
             self.state = ConnState::Closing;
+            self.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
             return Action::Keep;
         }
         if self.peer_shutdown & SHUTDOWN_SEND != 0 && self.tx_buf.is_empty() {

@@ -16,6 +16,8 @@
 pub mod conn;
 mod sys;
 
+pub use conn::CLOSE_TIMEOUT;
+
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::io::{self, Read};
@@ -40,8 +42,6 @@ pub const MAX_CONNECTIONS: usize = 1024;
 pub const CONNECT_LINE_MAX: usize = 32;
 /// Time a host client has to send its command, and the guest to answer a request.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time a closing connection has to flush its data to the host.
-pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most resets queued for the guest at once (more are dropped).
 pub const MAX_PENDING_RST: usize = 1024;
 /// First host port handed out for host-initiated connections.

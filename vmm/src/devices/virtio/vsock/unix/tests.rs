@@ -766,3 +766,45 @@ fn random_guest_packets_never_panic_or_leak() {
         .iter()
         .any(|(p, _)| p.op == op::RST && p.dst_port == 100));
 }
+
+#[test]
+fn closing_connection_that_cannot_flush_is_reset_after_the_deadline() {
+    let mut h = Harness::new("closing");
+    h.give_rx(16, 4096);
+    let listener = UnixListener::bind(format!("{}_6006", h.uds.display())).unwrap();
+    h.send(hdr(1234, 6006, op::REQUEST), &[]);
+    assert_eq!(h.recv()[0].0.op, op::RESPONSE);
+    let (mut stream, _) = listener.accept().unwrap(); // does not read for now
+    let chunk = vec![3u8; 64 * 1024];
+    while h.dev.lock().unwrap().backend().buffered(6006, 1234) == Some(0) {
+        h.send(hdr(1234, 6006, op::RW), &chunk);
+    }
+    let mut sd = hdr(1234, 6006, op::SHUTDOWN);
+    sd.flags = SHUTDOWN_SEND | SHUTDOWN_RCV;
+    h.send(sd, &[]);
+    // Still flushing: no RST yet.
+    assert!(h.recv().iter().all(|(p, _)| p.op != op::RST));
+    assert_eq!(h.connections(), 1);
+    let start = Instant::now();
+    let reset = h.run_until(CLOSE_TIMEOUT + Duration::from_secs(2), |h| {
+        h.recv()
+            .iter()
+            .any(|(p, _)| p.op == op::RST && p.dst_port == 1234)
+    });
+    assert!(reset, "closing connection never reset");
+    assert!(start.elapsed() >= CLOSE_TIMEOUT - Duration::from_millis(300));
+    assert_eq!(h.connections(), 0);
+    // The host socket is closed: reading drains what was flushed, then EOF or reset.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+}
