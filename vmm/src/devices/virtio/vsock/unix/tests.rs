@@ -808,3 +808,25 @@ fn closing_connection_that_cannot_flush_is_reset_after_the_deadline() {
         }
     }
 }
+
+#[test]
+fn data_sent_right_after_the_command_is_kept_for_the_guest() {
+    let mut h = Harness::new("early");
+    h.give_rx(8, 4096);
+    let mut client = UnixStream::connect(&h.uds).unwrap();
+    client.write_all(b"CONNECT 5000\nearly bytes").unwrap();
+    h.run();
+    let req = h.recv()[0].0;
+    assert_eq!(req.op, op::REQUEST);
+    h.send(hdr(5000, req.src_port, op::RESPONSE), &[]);
+    assert_eq!(
+        read_line(&mut client),
+        format!("OK {}\n", req.src_port).as_bytes()
+    );
+    let pkts = h.recv();
+    assert_eq!(pkts.len(), 1);
+    assert_eq!(
+        (pkts[0].0.op, pkts[0].1.as_slice()),
+        (op::RW, &b"early bytes"[..])
+    );
+}
