@@ -173,7 +173,11 @@ const COMMON: &[Rule] = &[
         Any,
         "std removes the thread's alternate signal stack at exit"
     ),
-    rule!(SYS_rt_sigprocmask, Any, "glibc blocks signals while a thread exits"),
+    rule!(
+        SYS_rt_sigprocmask,
+        Any,
+        "glibc blocks signals while a thread exits"
+    ),
     rule!(SYS_sched_yield, Any, "std mpsc channel backoff"),
     rule!(
         SYS_clock_gettime,

@@ -181,7 +181,13 @@ fn unfiltered_spawn_runs_freely() {
 /// (KVM refuses a VM created before fork, so the KVM test cannot use `in_child`).
 fn run_isolated(test: &str) -> std::process::ExitStatus {
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--ignored", "--test-threads=1", "--nocapture"])
+        .args([
+            "--exact",
+            test,
+            "--ignored",
+            "--test-threads=1",
+            "--nocapture",
+        ])
         .env("HUSK_SECCOMP_ISOLATED", "1")
         .spawn()
         .unwrap();
@@ -235,7 +241,7 @@ fn isolated_kvm_run_under_vcpu_filter() {
     };
     assert_ne!(mem, libc::MAP_FAILED);
     let code = [0xe6u8, 0x80, 0xe6, 0x81]; // out 0x80, al; out 0x81, al
-                                     // SAFETY: the mapping is 64 KiB and writable; 0x1000 + 3 is inside it.
+                                           // SAFETY: the mapping is 64 KiB and writable; 0x1000 + 3 is inside it.
     unsafe {
         std::ptr::copy_nonoverlapping(code.as_ptr(), (mem as *mut u8).add(0x1000), code.len())
     };
@@ -270,7 +276,6 @@ fn isolated_kvm_run_under_vcpu_filter() {
         }
         let state_ok = vcpu.get_regs().is_ok()
             && vcpu.get_sregs().is_ok()
-           
             && vcpu.get_mp_state().is_ok()
             && vcpu.get_vcpu_events().is_ok()
             && vcpu.get_fpu().is_ok();
