@@ -33,8 +33,9 @@ fn husk_run(initrd: &Path, extra_cmdline: Option<&str>) -> Command {
     cmd
 }
 
-/// Boots the fixture once; returns (husk start → marker line, exit code).
-fn boot_once(initrd: &Path) -> (Duration, Option<i32>, String) {
+/// Boots the fixture once; returns (husk start → marker line, exit code, transcript,
+/// the marker line).
+fn boot_once(initrd: &Path) -> (Duration, Option<i32>, String, String) {
     let mut vm = Spawned::spawn(husk_run(initrd, None)).unwrap_or_else(|e| panic!("{e}"));
     let line = vm
         .wait_for_line(MARKER, BOOT_TIMEOUT)
@@ -42,7 +43,7 @@ fn boot_once(initrd: &Path) -> (Duration, Option<i32>, String) {
     let status = vm
         .wait_exit(EXIT_TIMEOUT)
         .unwrap_or_else(|e| panic!("husk did not exit after the guest rebooted: {e}"));
-    (line.at, status.code(), vm.transcript())
+    (line.at, status.code(), vm.transcript(), line.text)
 }
 
 #[test]
@@ -57,7 +58,7 @@ fn husk_boots_the_guest_kernel_to_init_and_exits_0_on_reboot() {
         .max(1);
     let mut times = Vec::new();
     for i in 1..=runs {
-        let (t, code, transcript) = boot_once(&initrd);
+        let (t, code, transcript, marker) = boot_once(&initrd);
         assert_eq!(
             code,
             Some(0),
@@ -68,7 +69,7 @@ fn husk_boots_the_guest_kernel_to_init_and_exits_0_on_reboot() {
             "the reboot should come through the i8042:\n{transcript}"
         );
         println!(
-            "husk boot {i}/{runs}: VMM start -> init marker {:.3} s",
+            "husk boot {i}/{runs}: VMM start -> init marker {:.3} s ({marker})",
             t.as_secs_f64()
         );
         times.push(t);
@@ -104,7 +105,11 @@ fn husk_exits_3_when_the_guest_kernel_panics() {
         .wait_exit(EXIT_TIMEOUT)
         .unwrap_or_else(|e| panic!("husk did not exit after the guest panicked: {e}"));
     let transcript = vm.transcript();
-    assert_eq!(status.code(), Some(3), "exit status 3 on panic:\n{transcript}");
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "exit status 3 on panic:\n{transcript}"
+    );
     assert!(
         transcript.contains("Attempted to kill init"),
         "the panic is the init exiting:\n{transcript}"

@@ -454,6 +454,7 @@ pub fn build_microvm_for_boot(res: &VmResources, em: &mut EventManager) -> Resul
     unsafe { register_guest_memory(&vm, &mem)? };
 
     let kernel = load_kernel(&mem, &res.kernel)?;
+    log::debug!("kernel loaded");
     let initrd = match &res.initrd {
         Some(p) => Some(load_initrd(&mem, p, mem_size, kernel.end)?),
         None => None,
@@ -495,6 +496,7 @@ pub fn build_microvm_for_boot(res: &VmResources, em: &mut EventManager) -> Resul
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| BuildError::Kvm("report its supported CPUID", e))?;
+    let tsc_deadline = kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
     let mut vcpus = Vec::with_capacity(usize::from(res.vcpus));
     for i in 0..res.vcpus {
         let vcpu = Vcpu::new(
@@ -505,7 +507,12 @@ pub fn build_microvm_for_boot(res: &VmResources, em: &mut EventManager) -> Resul
             stop.try_clone()
                 .map_err(|e| BuildError::Io("clone the stop eventfd", e))?,
         )?;
-        vcpu.configure(&supported, res.vcpus, (i == 0).then_some(kernel.entry))?;
+        vcpu.configure(
+            &supported,
+            res.vcpus,
+            tsc_deadline,
+            (i == 0).then_some(kernel.entry),
+        )?;
         vcpus.push(vcpu.start()?);
     }
 
@@ -516,6 +523,7 @@ pub fn build_microvm_for_boot(res: &VmResources, em: &mut EventManager) -> Resul
     );
     em.add_subscriber(Arc::new(Mutex::new(listener)));
 
+    log::debug!("microVM built: {} vCPUs paused", res.vcpus);
     Ok(Vmm::new(vcpus, stop, ready_at, io_bus, mmio_bus, vm, mem))
 }
 

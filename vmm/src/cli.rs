@@ -236,6 +236,7 @@ pub fn boot_and_run(
     let mut vmm = build_microvm_for_boot(res, &mut em)?;
     vmm.set_boot_timeout(boot_timeout);
     vmm.resume()?;
+    log::debug!("vCPUs running");
     let reason = vmm.run_until_exit(&mut em)?;
     Ok(reason)
 }

@@ -309,6 +309,7 @@ impl Vcpu {
         &self,
         supported: &CpuId,
         cpu_count: u8,
+        tsc_deadline: bool,
         entry: Option<u64>,
     ) -> Result<(), VcpuError> {
         let cpuid = filter_cpuid(
@@ -316,6 +317,7 @@ impl Vcpu {
             CpuidConfig {
                 cpu_index: self.index,
                 cpu_count,
+                tsc_deadline,
             },
         );
         self.fd

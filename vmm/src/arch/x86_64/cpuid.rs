@@ -19,6 +19,7 @@ mod leaf1_ecx {
     pub const OSXSAVE: u32 = 1 << 27;
     pub const AVX: u32 = 1 << 28;
     pub const F16C: u32 = 1 << 29;
+    pub const TSC_DEADLINE: u32 = 1 << 24;
     pub const HYPERVISOR: u32 = 1 << 31;
 }
 /// Leaf 1 EDX HTT (more than one logical processor per package).
@@ -65,6 +66,11 @@ pub struct CpuidConfig {
     pub cpu_index: u8,
     /// Number of vCPUs in the VM.
     pub cpu_count: u8,
+    /// KVM emulates the LAPIC TSC-deadline timer (`KVM_CAP_TSC_DEADLINE_TIMER`).
+    /// KVM does not report it in the supported CPUID, so it is added here: without
+    /// it the guest falls back to the periodic LAPIC timer, whose calibration fails
+    /// under nested emulation ("APIC timer disabled due to verification failure").
+    pub tsc_deadline: bool,
 }
 
 /// Number of bits needed to hold IDs `0..count`.
@@ -87,6 +93,9 @@ fn filter_entry(entry: &mut kvm_cpuid_entry2, cfg: CpuidConfig) {
                 | leaf1_ecx::F16C
                 | leaf1_ecx::VMX);
             entry.ecx |= leaf1_ecx::HYPERVISOR;
+            if cfg.tsc_deadline {
+                entry.ecx |= leaf1_ecx::TSC_DEADLINE;
+            }
             // EBX: [31:24] initial APIC ID, [23:16] logical processors, [15:8] CLFLUSH
             // line size in 8-byte units.
             entry.ebx = (apic_id << 24) | (u32::from(cfg.cpu_count.max(1)) << 16) | (8 << 8);
@@ -187,6 +196,7 @@ mod tests {
             CpuidConfig {
                 cpu_index: 2,
                 cpu_count: 3,
+                tsc_deadline: true,
             },
         );
         let s = out.as_slice();
@@ -199,6 +209,7 @@ mod tests {
         assert_eq!(l1.ecx & (1 << 5), 0, "VMX hidden");
         assert_ne!(l1.ecx & (1 << 31), 0, "hypervisor bit");
         assert_ne!(l1.ecx & 1, 0, "SSE3 kept");
+        assert_ne!(l1.ecx & (1 << 24), 0, "TSC deadline timer advertised");
         assert_eq!(l1.ebx >> 24, 2, "APIC ID");
         assert_eq!((l1.ebx >> 16) & 0xff, 3);
         assert_ne!(l1.edx & LEAF1_EDX_HTT, 0);
@@ -225,9 +236,15 @@ mod tests {
             CpuidConfig {
                 cpu_index: 0,
                 cpu_count: 1,
+                tsc_deadline: false,
             },
         );
         assert_eq!(out.as_slice()[0].edx & LEAF1_EDX_HTT, 0);
+        assert_eq!(
+            out.as_slice()[0].ecx & (1 << 24),
+            0,
+            "no TSC deadline unless KVM has it"
+        );
         assert_eq!(id_bits(1), 0);
         assert_eq!(id_bits(2), 1);
         assert_eq!(id_bits(4), 2);

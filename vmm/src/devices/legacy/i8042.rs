@@ -13,7 +13,10 @@ pub struct ResetTrigger(pub StopSignal);
 impl Trigger for ResetTrigger {
     type E = std::convert::Infallible;
     fn trigger(&self) -> Result<(), Self::E> {
-        log::info!("guest requested a reset through the i8042 controller");
+        // The guest retries the reset until it takes effect: log the first one only.
+        if self.0.reason().is_none() {
+            log::info!("guest requested a reset through the i8042 controller");
+        }
         self.0.stop(StopReason::Reset);
         Ok(())
     }
