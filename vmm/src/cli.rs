@@ -235,6 +235,7 @@ pub fn boot_and_run(
     let mut em = crate::EventManager::new().map_err(CliError::EventManager)?;
     let mut vmm = build_microvm_for_boot(res, &mut em)?;
     vmm.set_boot_timeout(boot_timeout);
+    vmm.set_print_memory_at_ready(res.boot_timer);
     vmm.resume()?;
     log::debug!("vCPUs running");
     let reason = vmm.run_until_exit(&mut em)?;

@@ -62,6 +62,8 @@ pub struct Vmm {
     vm: VmFd,
     mem: GuestMemoryMmap,
     boot_timeout: Option<Duration>,
+    print_memory_at_ready: bool,
+    memory_reported: bool,
 }
 
 impl Vmm {
@@ -84,6 +86,40 @@ impl Vmm {
             vm,
             mem,
             boot_timeout: None,
+            print_memory_at_ready: false,
+            memory_reported: false,
+        }
+    }
+
+    /// Also print the memory report taken when the guest becomes ready to stderr
+    /// (`--boot-timer`); it is always logged at info level.
+    pub fn set_print_memory_at_ready(&mut self, print: bool) {
+        self.print_memory_at_ready = print;
+    }
+
+    /// (VMM RSS, guest RAM resident) in bytes, right now.
+    pub fn memory_usage(&self) -> std::io::Result<(u64, u64)> {
+        let rss = crate::vstate::memory::process_rss_bytes()?;
+        let guest = crate::vstate::memory::guest_resident_bytes(&self.mem)?;
+        Ok((rss, guest))
+    }
+
+    fn report_memory_at_ready(&mut self) {
+        self.memory_reported = true;
+        match self.memory_usage() {
+            Ok((rss, guest)) => {
+                let line = format!(
+                    "memory at ready: VMM RSS {} KiB, guest RAM resident {} KiB, VMM overhead {} KiB",
+                    rss / 1024,
+                    guest / 1024,
+                    rss.saturating_sub(guest) / 1024
+                );
+                log::info!("{line}");
+                if self.print_memory_at_ready {
+                    eprintln!("husk: {line}");
+                }
+            }
+            Err(e) => log::warn!("cannot measure memory use at ready: {e}"),
         }
     }
 
@@ -156,6 +192,9 @@ impl Vmm {
             if let Some(reason) = self.stop.reason() {
                 self.shutdown();
                 return Ok(reason);
+            }
+            if !self.memory_reported && self.ready_at_ns().is_some() {
+                self.report_memory_at_ready();
             }
             if let Some(t) = self.boot_timeout {
                 if self.ready_at_ns().is_none() && started.elapsed() >= t {

@@ -233,3 +233,40 @@ fn looping_guest_pauses_and_resumes() {
     assert_eq!(back.fpu, s2.fpu);
     handle.exit();
 }
+
+#[test]
+fn ready_marker_is_timestamped_then_reset_ends_the_vm() {
+    // mov dx,0x440; mov al,0x7b; out dx,al; mov al,0xfe; out 0x64,al; hlt
+    let code = [
+        0xba, 0x40, 0x04, 0xb0, 0x7b, 0xee, 0xb0, 0xfe, 0xe6, 0x64, 0xf4,
+    ];
+    let (vm, mem) = tiny_vm(&code);
+    let stop = StopSignal::new().unwrap();
+    let marker = crate::devices::legacy::BootMarker::new(false);
+    let ready = marker.ready_at();
+    let mut io = Bus::new();
+    io.insert(Arc::new(Mutex::new(marker)), 0x440, 1).unwrap();
+    io.insert(
+        Arc::new(Mutex::new(I8042::new(stop.try_clone().unwrap()))),
+        0x60,
+        I8042_PORTS,
+    )
+    .unwrap();
+    let handle = real_mode_vcpu(&vm, io.clone(), Bus::new(), &stop)
+        .start()
+        .unwrap();
+    let mut em = EventManager::new().unwrap();
+    use event_manager::SubscriberOps;
+    em.add_subscriber(Arc::new(Mutex::new(StopListener::new(
+        stop.try_clone().unwrap(),
+    ))));
+    let mut vmm = Vmm::new(vec![handle], stop, ready, io, Bus::new(), vm, mem);
+    assert_eq!(vmm.ready_at_ns(), None);
+    vmm.resume().unwrap();
+    assert_eq!(vmm.run_until_exit(&mut em).unwrap(), StopReason::Reset);
+    let at = vmm.ready_at_ns().expect("marker timestamped");
+    assert!(at > 0 && at < crate::logger::nanos_since_start());
+    let (rss, guest) = vmm.memory_usage().unwrap();
+    assert!(guest >= 4096, "the code page is resident");
+    assert!(rss > guest);
+}
