@@ -242,6 +242,21 @@ fn function_that_exits_while_its_child_holds_the_pipes_ends_promptly() {
 }
 
 #[test]
+fn worker_past_its_deadline_is_killed_and_restarted() {
+    let sb = start("sleeper", Mode::Worker, reuse);
+    let first = sb.agent.worker_pid().unwrap();
+    assert_eq!(sb.invoke(b"1", 5000).unwrap().body, b"woke up");
+    let t = Instant::now();
+    let r = sb.invoke(b"60000", 300).unwrap();
+    assert_eq!(r.status, Status::Timeout);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_gone(first);
+    let second = sb.agent.worker_pid().unwrap();
+    assert_ne!(first, second);
+    assert_eq!(sb.invoke(b"1", 5000).unwrap().body, b"woke up");
+}
+
+#[test]
 fn sleeper_reports_whether_a_process_is_alive() {
     let sb = start("sleeper", Mode::Exec, reuse);
     let me = std::process::id();

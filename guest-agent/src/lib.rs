@@ -2,8 +2,18 @@
 //! function runners, the generic server, initramfs packing and the host client.
 //!
 //! Module map:
-//! - [`protocol`]: frames and typed messages (host ⇄ agent).
+//! - [`protocol`]: frames and typed messages (host ⇄ agent), `Codec`, size limits.
+//! - [`client`]: host side for schedulers (hybrid vsock handshake, invoke, restored).
+//! - [`server`]: the agent's connection handling and invocation rules, generic over a
+//!   [`server::Listener`] (vsock in the guest, Unix sockets in tests) and a
+//!   [`server::Platform`] (reboot, entropy, clock).
+//! - [`exec`] / [`runner`]: running the function (exec mode per invocation, worker mode
+//!   long-lived), deadlines, output caps, stderr tails.
 //! - [`worker`]: the function-side frame format for worker-mode functions.
+//! - [`reaper`]: spawning functions in their own process group; reaping as PID 1.
+//! - [`config`]: boot options (`husk.*` on the kernel command line) and function.json.
+//! - [`pid1`]: mounts, SIGTERM, reboot, the ready marker. [`vsock`]: AF_VSOCK listener.
+//! - [`pack`]: the reproducible initramfs packer behind `husk pack`.
 
 pub mod client;
 pub mod config;

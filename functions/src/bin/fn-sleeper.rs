@@ -4,6 +4,7 @@
 //!
 //! Payload `detach` forks the same long-sleeping child (holding stdout and stderr) but
 //! returns at once with body `detached`: the invocation must still end promptly.
+//! In worker mode each request sleeps for its number of milliseconds, then answers.
 //! Payload `alive PID` instead answers `alive` or `gone` for that process (reads
 //! `/proc`), so a test can check inside the guest that the child was killed.
 
@@ -30,6 +31,14 @@ fn alive(pid: &[u8]) -> &'static [u8] {
 }
 
 fn main() {
+    if husk_functions::worker_mode() {
+        // Worker mode: each request sleeps for its number of milliseconds.
+        std::process::exit(husk_functions::run(|p| {
+            let ms = husk_functions::parse_number(p).unwrap_or(600_000);
+            std::thread::sleep(Duration::from_millis(ms));
+            Ok(b"woke up".to_vec())
+        }));
+    }
     let payload = husk_functions::read_payload().unwrap_or_default();
     if let Some(pid) = payload.strip_prefix(b"alive ") {
         let _ = husk_functions::write_body(alive(pid));
