@@ -12,7 +12,7 @@ const AFTER_HELP: &str = "\
 Detection: hardware KVM (/dev/kvm usable, kvm_intel or kvm_amd loaded, no kvm_pvm) runs
 CMD directly; otherwise CMD runs in an emulated KVM host (L1: QEMU TCG, -cpu max, Debian
 6.1 kernel with kvm-amd). HUSK_TESTHOST=direct|emulated overrides. In L1, host files are
-shared over 9p at their host paths: /usr (read-only), the repository, the husk cache
+shared over 9p at their host paths: /usr and /etc (read-only), the repository, the husk cache
 (${HUSK_CACHE_DIR:-$HOME/.cache/husk}) and each --share; / is a tmpfs, /tmp a tmpfs.
 Passed environment: PATH, HOME, RUST_BACKTRACE, RUST_LOG, every HUSK_*, each --env NAME;
 L1 also sets HUSK_IN_TESTHOST=1. Set HUSK_TESTHOST_VERBOSE=1 to see the L1 console.

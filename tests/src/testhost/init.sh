@@ -75,13 +75,16 @@ $B mount -t devpts devpts /dev/pts
 $B mount -t tmpfs -o mode=1777 shm /dev/shm
 $B mount -t cgroup2 none /sys/fs/cgroup || echo "HUSK-L1-WARN: cannot mount cgroup2"
 $B chmod 1777 /var/tmp
-[ -d $CTL/etc ] && $B cp -a $CTL/etc/. /etc/
 $B hostname husk-l1
 $B ip link set lo up 2>/dev/null
 [ -c /dev/kvm ] || die no-dev-kvm "/dev/kvm is missing after switch_root"
+# Heartbeat: lets the host tell a hung L1 (no heartbeat) from a silent command.
+( while :; do $B sleep 15; say "alive $(up)"; done ) &
+hb=$!
 say "exec $(up)"
 $B env -i $B sh $CTL/run.sh </dev/null >$CTL/stdout 2>$CTL/stderr
 rc=$?
+kill $hb 2>/dev/null
 echo "$rc" >$CTL/status
 $B sync
 say "exit $rc $(up)"

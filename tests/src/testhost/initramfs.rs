@@ -31,6 +31,10 @@ pub fn prepare(cache: &Path, k: &L1Kernel) -> Result<PathBuf, TesthostError> {
     }
     let out = cache.join(format!("initramfs-{:016x}.cpio", h.finish()));
     if out.exists() {
+        // Mark it used, so the cleanup below (run by builds of other inputs) keeps it.
+        if let Ok(f) = fs::File::options().append(true).open(&out) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
         return Ok(out);
     }
     let mut a = Cpio::new();
@@ -50,11 +54,19 @@ pub fn prepare(cache: &Path, k: &L1Kernel) -> Result<PathBuf, TesthostError> {
     }
     a.file("modules/order", order.as_bytes(), 0o644)
         .map_err(cp)?;
-    // Drop initramfs images built from older inputs, then write atomically.
+    // Drop images of other inputs unused for a day (another husk-testhost build may be
+    // using a different one right now), then write atomically.
     if let Ok(rd) = fs::read_dir(cache) {
+        let day = std::time::Duration::from_secs(24 * 3600);
         for e in rd.filter_map(Result::ok) {
             let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with("initramfs-") && n.ends_with(".cpio") {
+            let stale = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|a| a > day);
+            if n.starts_with("initramfs-") && n.ends_with(".cpio") && stale {
                 let _ = fs::remove_file(e.path());
             }
         }

@@ -5,7 +5,7 @@
 //! - Elsewhere (this project's build machines have PVM-backed KVM) it runs inside an
 //!   emulated KVM host, "L1": QEMU TCG with `-cpu max` (which exposes AMD SVM) booting
 //!   Debian's generic 6.1 kernel with `kvm-amd`; host files are shared over 9p at their
-//!   host paths (`/usr` read-only, the repository, the husk cache, each `--share`).
+//!   host paths (`/usr` and `/etc` read-only, the repository, the husk cache, each `--share`).
 //!
 //! `HUSK_TESTHOST=direct|emulated` overrides the detection. See [`exit`] for the exit
 //! codes of the harness itself.

@@ -21,6 +21,9 @@ use crate::pgroup;
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// A timeout counts as a hang when nothing was output for this long before it.
 const HANG_QUIET: Duration = Duration::from_secs(120);
+/// L1 prints a heartbeat every 15 s while the command runs; this much silence on the
+/// console means L1 itself stopped (a hang), whatever the command is doing.
+const L1_SILENT: Duration = Duration::from_secs(90);
 /// Console lines kept for error reports.
 const CONSOLE_TAIL: usize = 60;
 
@@ -30,14 +33,15 @@ pub(super) fn run(opts: &Options) -> Result<i32, TesthostError> {
     let husk_cache = husk_cache_dir();
     let cache = husk_cache.join("testhost");
     fs::create_dir_all(&cache).map_err(|e| TesthostError::io(&cache, e))?;
-    let (k, initrd) = {
+    let prepare = || -> Result<_, TesthostError> {
         let _lock = Lock::take(&cache.join("lock"))?;
         let k = kernel::prepare(&cache)?;
         let initrd = initramfs::prepare(&cache, &k)?;
-        (k, initrd)
+        Ok((k, initrd))
     };
     let mut attempt = 1;
     loop {
+        let (k, initrd) = prepare()?;
         match session(opts, &qemu, &k.vmlinux, &initrd, &husk_cache, attempt) {
             Err(e @ TesthostError::Timeout { hang: true, .. })
                 if opts.retry_on_hang && attempt == 1 =>
@@ -94,16 +98,17 @@ struct Share {
     readonly: bool,
 }
 
-/// The shares of a session: /usr read-only, then the repository, the husk cache and each
+/// The shares of a session: /usr and /etc read-only, then the repository, the husk cache and each
 /// `--share`, canonicalized, without duplicates or directories inside another share,
 /// parents before children.
 fn shares(opts: &Options, husk_cache: &Path) -> Result<Vec<Share>, TesthostError> {
     let mut rw = vec![repo_root(), husk_cache.to_path_buf()];
     rw.extend(opts.shares.iter().cloned());
-    let mut out = vec![Share {
-        path: PathBuf::from("/usr"),
+    let ro = |p: &str| Share {
+        path: PathBuf::from(p),
         readonly: true,
-    }];
+    };
+    let mut out = vec![ro("/usr"), ro("/etc")];
     let mut canon: Vec<PathBuf> = Vec::new();
     for p in rw {
         let c = fs::canonicalize(&p).map_err(|e| {
@@ -273,11 +278,15 @@ struct Console {
 }
 
 impl Console {
-    fn take(&mut self, l: &ConsoleLine, start: Instant, verbose: bool) {
+    /// Records a console line; returns false for a heartbeat (not progress).
+    fn take(&mut self, l: &ConsoleLine, start: Instant, verbose: bool) -> bool {
         if verbose {
             eprintln!("l1| {}", l.text);
         }
         let t = l.text.trim_start();
+        if t.starts_with("HUSK-L1: alive ") {
+            return false;
+        }
         if let Some(rest) = t.strip_prefix("HUSK-L1: exec ") {
             self.exec_at = Some(l.at);
             let boot = l.at.duration_since(start).as_secs_f64();
@@ -294,6 +303,7 @@ impl Console {
         if self.tail.len() > CONSOLE_TAIL {
             self.tail.remove(0);
         }
+        true
     }
 }
 
@@ -309,7 +319,7 @@ fn session(
         std::env::temp_dir().join(format!("husk-testhost-{}-{attempt}", std::process::id())),
     );
     let _ = fs::remove_dir_all(&ctl.0);
-    fs::create_dir_all(ctl.0.join("etc")).map_err(|e| TesthostError::io(&ctl.0, e))?;
+    fs::create_dir_all(&ctl.0).map_err(|e| TesthostError::io(&ctl.0, e))?;
     let shares = shares(opts, husk_cache)?;
     let workdir = match &opts.workdir {
         Some(w) => w.clone(),
@@ -338,9 +348,6 @@ fn session(
         &ctl.0.join("run.sh"),
         &run_script(opts, &workdir, "/.husk-ctl"),
     )?;
-    for f in ["passwd", "group", "hosts", "nsswitch.conf", "ld.so.cache"] {
-        let _ = fs::copy(Path::new("/etc").join(f), ctl.0.join("etc").join(f));
-    }
 
     // HUSK_TESTHOST_CPU overrides the CPU model (tests use `max,-svm` to check the
     // kvm-amd failure report).
@@ -397,13 +404,14 @@ fn session(
     let mut out = Follow::new(ctl.0.join("stdout"));
     let mut err = Follow::new(ctl.0.join("stderr"));
     let mut last_progress = start;
+    let mut last_console = start;
     let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
 
     let killed = loop {
         let mut progressed = false;
         while let Ok(l) = console_rx.try_recv() {
-            console.take(&l, start, opts.verbose);
-            progressed = true;
+            progressed |= console.take(&l, start, opts.verbose);
+            last_console = l.at;
         }
         progressed |= out.pump(&mut stdout.lock());
         progressed |= err.pump(&mut stderr.lock());
@@ -446,12 +454,18 @@ fn session(
                     BOOT_TIMEOUT.as_secs()
                 ),
             ));
+        } else if console.exec_at.is_some() && now.duration_since(last_console) >= L1_SILENT {
+            let d = format!(
+                "L1 stopped responding: no heartbeat on its console for {:.0} s",
+                now.duration_since(last_console).as_secs_f64()
+            );
+            break Some(timeout(true, d));
         } else if console.exec_at.is_some() && opts.idle_timeout.is_some_and(|i| quiet >= i) {
             // Only the command phase: a quiet kernel boot is bounded by BOOT_TIMEOUT.
             break Some(timeout(
                 true,
                 format!(
-                    "no output at all for {:.0} s (--idle-timeout)",
+                    "the command printed nothing for {:.0} s (--idle-timeout; L1 itself is alive)",
                     quiet.as_secs_f64()
                 ),
             ));
@@ -468,7 +482,7 @@ fn session(
     err.pump(&mut stderr.lock());
     let deadline = Instant::now() + Duration::from_millis(500);
     while let Ok(l) = console_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-        console.take(&l, start, opts.verbose);
+        let _ = console.take(&l, start, opts.verbose);
     }
     let qemu_stderr = qemu_err.and_then(|h| h.join().ok()).unwrap_or_default();
     let total = start.elapsed().as_secs_f64();
