@@ -144,3 +144,41 @@ fn emulated_reports_kvm_amd_failure() {
     assert!(err.contains("dmesg tail"), "{err}");
     assert!(start.elapsed() < Duration::from_secs(120));
 }
+
+#[test]
+fn emulated_without_qemu_says_to_run_setup() {
+    let empty = std::env::temp_dir().join(format!("husk-testhost-nopath-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_husk-testhost"))
+        .env("HUSK_TESTHOST", "emulated")
+        .env("PATH", &empty)
+        .args(["--", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(120), "{err}");
+    assert!(err.contains("scripts/setup.sh"), "{err}");
+    std::fs::remove_dir_all(&empty).unwrap();
+}
+
+#[test]
+fn emulated_with_unknown_kernel_package_exits_121() {
+    let cache = std::env::temp_dir().join(format!("husk-testhost-cache-{}", std::process::id()));
+    std::fs::create_dir_all(&cache).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_husk-testhost"))
+        .env("HUSK_TESTHOST", "emulated")
+        .env("HUSK_CACHE_DIR", &cache)
+        .env(
+            "HUSK_TESTHOST_KERNEL_PKG",
+            "linux-image-6.1.0-0-amd64-unsigned",
+        )
+        .args(["--", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(121), "{err}");
+    assert!(err.contains("L1 kernel package not found"), "{err}");
+    std::fs::remove_dir_all(&cache).unwrap();
+}
