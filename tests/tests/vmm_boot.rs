@@ -68,8 +68,12 @@ fn husk_boots_the_guest_kernel_to_init_and_exits_0_on_reboot() {
             transcript.contains("guest requested a reset through the i8042 controller"),
             "the reboot should come through the i8042:\n{transcript}"
         );
+        let memory = transcript
+            .lines()
+            .find_map(|l| l.split_once("husk: memory at ").map(|(_, m)| m.to_string()))
+            .unwrap_or_else(|| panic!("husk printed no memory report:\n{transcript}"));
         println!(
-            "husk boot {i}/{runs}: VMM start -> init marker {:.3} s ({marker})",
+            "husk boot {i}/{runs}: VMM start -> init marker {:.3} s ({marker}); memory at {memory}",
             t.as_secs_f64()
         );
         times.push(t);

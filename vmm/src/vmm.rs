@@ -104,12 +104,12 @@ impl Vmm {
         Ok((rss, guest))
     }
 
-    fn report_memory_at_ready(&mut self) {
+    fn report_memory(&mut self, when: &str) {
         self.memory_reported = true;
         match self.memory_usage() {
             Ok((rss, guest)) => {
                 let line = format!(
-                    "memory at ready: VMM RSS {} KiB, guest RAM resident {} KiB, VMM overhead {} KiB",
+                    "memory at {when}: VMM RSS {} KiB, guest RAM resident {} KiB, VMM overhead {} KiB",
                     rss / 1024,
                     guest / 1024,
                     rss.saturating_sub(guest) / 1024
@@ -119,7 +119,7 @@ impl Vmm {
                     eprintln!("husk: {line}");
                 }
             }
-            Err(e) => log::warn!("cannot measure memory use at ready: {e}"),
+            Err(e) => log::warn!("cannot measure memory use at {when}: {e}"),
         }
     }
 
@@ -190,11 +190,15 @@ impl Vmm {
         let started = Instant::now();
         loop {
             if let Some(reason) = self.stop.reason() {
+                if !self.memory_reported {
+                    // No ready marker came: report at the stop instead.
+                    self.report_memory("stop (no ready marker)");
+                }
                 self.shutdown();
                 return Ok(reason);
             }
             if !self.memory_reported && self.ready_at_ns().is_some() {
-                self.report_memory_at_ready();
+                self.report_memory("ready");
             }
             if let Some(t) = self.boot_timeout {
                 if self.ready_at_ns().is_none() && started.elapsed() >= t {

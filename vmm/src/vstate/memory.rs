@@ -71,26 +71,46 @@ pub unsafe fn register_guest_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<
     Ok(())
 }
 
-/// Bytes of `mem` that are resident in host RAM (touched by the guest or the VMM),
-/// counted with `mincore(2)`.
+/// Bytes of `mem` that count towards this process's RSS (pages the guest or the VMM
+/// touched), summed from the `Rss:` lines of /proc/self/smaps for the mappings that
+/// back guest memory. (mincore(2) would also count pages that only map the shared
+/// zero page, which RSS does not.)
 pub fn guest_resident_bytes(mem: &GuestMemoryMmap) -> std::io::Result<u64> {
-    const PAGE: usize = 4096;
-    let mut total = 0u64;
+    let mut ranges = Vec::new();
     for region in mem.iter() {
         let host = mem
             .get_host_address(region.start_addr())
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let len = region.len() as usize;
-        let mut vec = vec![0u8; len.div_ceil(PAGE)];
-        // SAFETY: [host, host + len) is a live, page-aligned mapping owned by `mem`
-        // (borrowed for this call), and `vec` has one byte per page of it.
-        let rc = unsafe { libc::mincore(host.cast(), len, vec.as_mut_ptr()) };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        total += vec.iter().filter(|b| *b & 1 != 0).count() as u64 * PAGE as u64;
+            .map_err(|e| std::io::Error::other(e.to_string()))? as u64;
+        ranges.push((host, host + region.len()));
     }
-    Ok(total)
+    let smaps = std::fs::read_to_string("/proc/self/smaps")?;
+    Ok(rss_in_ranges(&smaps, &ranges))
+}
+
+/// Sum the `Rss:` of every smaps entry lying inside one of `ranges` (host addresses).
+fn rss_in_ranges(smaps: &str, ranges: &[(u64, u64)]) -> u64 {
+    let mut total = 0;
+    let mut inside = false;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-') {
+            if let (Ok(start), Ok(end)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                inside = ranges.iter().any(|(s, e)| start >= *s && end <= *e);
+                continue;
+            }
+        }
+        if inside {
+            if let Some(rest) = line.strip_prefix("Rss:") {
+                let kib: u64 = rest
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                total += kib * 1024;
+            }
+        }
+    }
+    total
 }
 
 /// This process's resident set size in bytes (from /proc/self/statm).
@@ -119,6 +139,19 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(guest_resident_bytes(&mem).unwrap(), 10 * 4096);
+        // Reading untouched memory maps the zero page: not counted.
+        let _: u64 = mem.read_obj(GuestAddress(0x20_0000)).unwrap();
+        assert_eq!(guest_resident_bytes(&mem).unwrap(), 10 * 4096);
         assert!(process_rss_bytes().unwrap() >= 10 * 4096);
+    }
+
+    #[test]
+    fn smaps_parsing() {
+        let smaps = "1000-3000 rw-p 00000000 00:00 0\nSize: 8 kB\nRss: 8 kB\n\
+                     5000-6000 rw-p 00000000 00:00 0\nRss: 4 kB\n\
+                     ffff0000-ffff1000 r-xp 00000000 00:00 0 [vdso]\nRss: 4 kB\n";
+        assert_eq!(rss_in_ranges(smaps, &[(0x1000, 0x6000)]), 12 * 1024);
+        assert_eq!(rss_in_ranges(smaps, &[(0x1000, 0x3000)]), 8 * 1024);
+        assert_eq!(rss_in_ranges(smaps, &[]), 0);
     }
 }
