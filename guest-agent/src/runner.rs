@@ -3,7 +3,9 @@
 //! stderr tails. The function is untrusted: nothing it does may hang the agent.
 
 use std::io::{self, Read};
-use std::process::{ChildStdin, Command, Stdio};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::process::{ChildStderr, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -91,27 +93,64 @@ fn lock_tail(t: &SharedTail) -> std::sync::MutexGuard<'_, Tail> {
     t.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Keep reading `r` into the tail until EOF; `done` is signalled at the end.
-fn spawn_tail_reader<R: Read + Send + 'static>(
-    mut r: R,
+/// Keep reading the worker's stderr into the tail until EOF. `busy` is set from the
+/// moment data is seen in the pipe until it is in the tail, so [`settle`] can tell
+/// when everything written so far has been captured.
+fn spawn_tail_reader(
+    mut r: ChildStderr,
     tail: SharedTail,
-    done: mpsc::Sender<()>,
+    busy: Arc<AtomicBool>,
 ) -> io::Result<()> {
     thread::Builder::new()
         .name("fn-stderr".into())
         .spawn(move || {
             let mut buf = [0u8; 4096];
             loop {
-                match r.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => lock_tail(&tail).push(&buf[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => break,
+                let mut pfd = libc::pollfd {
+                    fd: r.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: `pfd` is one valid pollfd.
+                if unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {
+                    if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    break;
                 }
+                busy.store(true, Ordering::SeqCst);
+                let n = match r.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+                    Err(_) => break,
+                };
+                lock_tail(&tail).push(&buf[..n]);
+                busy.store(false, Ordering::SeqCst);
             }
-            let _ = done.send(());
+            busy.store(false, Ordering::SeqCst);
         })
         .map(|_| ())
+}
+
+/// Bytes waiting in a pipe (0 on error).
+fn pending(fd: &OwnedFd) -> libc::c_int {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int to the valid pointer `n`.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if r < 0 {
+        0
+    } else {
+        n
+    }
+}
+
+/// Wait (at most 200 ms) until all stderr written so far is in the tail.
+fn settle(pipe: &OwnedFd, busy: &AtomicBool) {
+    let end = Instant::now() + Duration::from_millis(200);
+    while (pending(pipe) > 0 || busy.load(Ordering::SeqCst)) && Instant::now() < end {
+        thread::sleep(Duration::from_micros(200));
+    }
 }
 
 pub(crate) fn build_command(cfg: &FunctionConfig) -> Result<Command, RunError> {
@@ -161,6 +200,8 @@ pub struct Worker {
     stdin: Arc<Mutex<ChildStdin>>,
     responses: Receiver<io::Result<worker::Response>>,
     stderr: SharedTail,
+    stderr_pipe: OwnedFd,
+    stderr_busy: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -197,17 +238,17 @@ impl Worker {
                 }
             })
             .map_err(fail)?;
-        let tail = Arc::new(Mutex::new(Tail {
-            cap: STDERR_TAIL,
-            ..Tail::default()
-        }));
-        let (done_tx, _done_rx) = mpsc::channel();
-        spawn_tail_reader(stderr, tail.clone(), done_tx).map_err(fail)?;
+        let tail = Arc::new(Mutex::new(Tail::new(STDERR_TAIL)));
+        let stderr_pipe = stderr.as_fd().try_clone_to_owned().map_err(fail)?;
+        let stderr_busy = Arc::new(AtomicBool::new(false));
+        spawn_tail_reader(stderr, tail.clone(), stderr_busy.clone()).map_err(fail)?;
         Ok(Self {
             pid,
             stdin: Arc::new(Mutex::new(stdin)),
             responses,
             stderr: tail,
+            stderr_pipe,
+            stderr_busy,
         })
     }
 
@@ -279,8 +320,8 @@ impl Worker {
     }
 
     fn stderr_since(&self, mark: u64) -> Vec<u8> {
-        // Give the stderr reader a moment to catch up with what was written just before.
-        thread::yield_now();
+        // The function wrote its stderr before its response: wait until it is captured.
+        settle(&self.stderr_pipe, &self.stderr_busy);
         lock_tail(&self.stderr).since(mark)
     }
 
@@ -295,12 +336,11 @@ impl Worker {
                 .wait_timeout(self.pid, Some(GRACE))
                 .unwrap_or(Exit::Signal(libc::SIGKILL)),
         };
-        thread::sleep(Duration::from_millis(20));
         let outcome = Outcome {
             status: Status::Crashed(crash_of(exit)),
             flags: RESULT_WORKER_RESTARTED,
             body: Vec::new(),
-            stderr_tail: lock_tail(&self.stderr).since(stderr_mark),
+            stderr_tail: self.stderr_since(stderr_mark),
         };
         (outcome, false)
     }
