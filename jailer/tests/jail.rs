@@ -413,3 +413,46 @@ fn failure_after_setup_cleans_up() {
     assert!(first.wait().unwrap().success());
     assert!(!b.exists());
 }
+
+#[test]
+fn sigterm_is_forwarded_and_the_jail_cleaned_up() {
+    if !is_root() {
+        eprintln!("not root: skipping");
+        return;
+    }
+    let b = base("term");
+    let parent = format!("husk-test-term-{}", std::process::id());
+    let mut child = jailer(
+        &b,
+        "sb-term",
+        &[
+            "--cgroup-version",
+            "1",
+            "--cgroup",
+            "pids.max=16",
+            "--parent-cgroup",
+            &parent,
+        ],
+        &["--sleep", "20000"],
+    )
+    .stdout(Stdio::null())
+    .spawn()
+    .unwrap();
+    let pid_file = b.join("probe/sb-term/root/probe.pid");
+    let start = Instant::now();
+    while !pid_file.exists() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(pid_file.exists());
+    // SAFETY: signalling the jailer we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(128 + libc::SIGTERM),
+        "the VMM died of the forwarded SIGTERM"
+    );
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert!(!b.exists(), "jail dir left behind");
+    assert!(cgroup_dirs(&parent).is_empty(), "cgroup left behind");
+}
