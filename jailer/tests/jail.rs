@@ -456,3 +456,47 @@ fn sigterm_is_forwarded_and_the_jail_cleaned_up() {
     assert!(!b.exists(), "jail dir left behind");
     assert!(cgroup_dirs(&parent).is_empty(), "cgroup left behind");
 }
+
+#[test]
+fn joins_the_given_network_namespace() {
+    if !is_root() {
+        eprintln!("not root: skipping");
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let name = format!("husk-jailer-test-{}", std::process::id());
+    let st = Command::new("ip")
+        .args(["netns", "add", &name])
+        .status()
+        .unwrap();
+    assert!(st.success(), "ip netns add failed");
+    let ns_file = PathBuf::from(format!("/var/run/netns/{name}"));
+    let b = base("netns");
+    let child = jailer(
+        &b,
+        "sb-netns",
+        &["--netns", ns_file.to_str().unwrap()],
+        &["--sleep", "1500"],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let pid_file = b.join("probe/sb-netns/root/probe.pid");
+    let start = Instant::now();
+    while !pid_file.exists() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let in_ns = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .unwrap()
+        .ino();
+    let wanted = std::fs::metadata(&ns_file).unwrap().ino();
+    let out = child.wait_with_output().unwrap();
+    let _ = Command::new("ip").args(["netns", "del", &name]).status();
+    assert!(out.status.success());
+    assert_eq!(in_ns, wanted, "the VMM runs in the --netns namespace");
+    assert!(!b.exists());
+}
