@@ -161,19 +161,19 @@ fn prepare_and_spawn(
     let mut msg = String::new();
     let _ = File::from(read_end).read_to_string(&mut msg);
     if !msg.is_empty() {
-        let _ = wait_child(pid);
+        let _ = wait_child(pid, false);
         return Err(JailError::Jailed(msg));
     }
     if let Err(e) = std::fs::write(&paths.pid_file, format!("{pid}\n")) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(pid, libc::SIGKILL) };
-        let _ = wait_child(pid);
+        let _ = wait_child(pid, false);
         return Err(JailError::PidFile(paths.pid_file.clone(), e));
     }
     if cfg.daemonize {
         return Ok(Outcome::Detached);
     }
-    wait_child(pid).map(Outcome::Exited)
+    wait_child(pid, cfg.new_pid_ns).map(Outcome::Exited)
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), JailError> {
@@ -212,8 +212,10 @@ fn block_signals() -> io::Result<libc::sigset_t> {
     Ok(old)
 }
 
-/// Waits for the child, forwarding SIGINT/SIGTERM/SIGHUP/SIGQUIT to it.
-fn wait_child(pid: libc::pid_t) -> Result<i32, JailError> {
+/// Waits for the child, forwarding SIGINT/SIGTERM/SIGHUP/SIGQUIT to it. As PID 1 of its
+/// own namespace (`pid_ns_init`) the VMM ignores signals it has no handler for, so
+/// there they become SIGKILL.
+fn wait_child(pid: libc::pid_t, pid_ns_init: bool) -> Result<i32, JailError> {
     let set = signal_set();
     loop {
         let mut status = 0;
@@ -236,6 +238,7 @@ fn wait_child(pid: libc::pid_t) -> Result<i32, JailError> {
         // SAFETY: valid set and out pointer.
         let sig = unsafe { libc::sigwaitinfo(&set, &mut info) };
         if sig > 0 && sig != libc::SIGCHLD {
+            let sig = if pid_ns_init { libc::SIGKILL } else { sig };
             // SAFETY: signalling our own child.
             unsafe { libc::kill(pid, sig) };
         }

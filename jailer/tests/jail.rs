@@ -414,30 +414,22 @@ fn failure_after_setup_cleans_up() {
     assert!(!b.exists());
 }
 
-#[test]
-fn sigterm_is_forwarded_and_the_jail_cleaned_up() {
-    if !is_root() {
-        eprintln!("not root: skipping");
-        return;
-    }
-    let b = base("term");
-    let parent = format!("husk-test-term-{}", std::process::id());
-    let mut child = jailer(
-        &b,
-        "sb-term",
-        &[
-            "--cgroup-version",
-            "1",
-            "--cgroup",
-            "pids.max=16",
-            "--parent-cgroup",
-            &parent,
-        ],
-        &["--sleep", "20000"],
-    )
-    .stdout(Stdio::null())
-    .spawn()
-    .unwrap();
+fn sigterm_case(tag: &str, extra: &[&str], expect: i32) {
+    let b = base(tag);
+    let parent = format!("husk-test-{tag}-{}", std::process::id());
+    let mut args = vec![
+        "--cgroup-version",
+        "1",
+        "--cgroup",
+        "pids.max=16",
+        "--parent-cgroup",
+        &parent,
+    ];
+    args.extend_from_slice(extra);
+    let mut child = jailer(&b, "sb-term", &args, &["--sleep", "20000"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     let pid_file = b.join("probe/sb-term/root/probe.pid");
     let start = Instant::now();
     while !pid_file.exists() && start.elapsed() < Duration::from_secs(5) {
@@ -449,12 +441,23 @@ fn sigterm_is_forwarded_and_the_jail_cleaned_up() {
     let status = child.wait().unwrap();
     assert_eq!(
         status.code(),
-        Some(128 + libc::SIGTERM),
-        "the VMM died of the forwarded SIGTERM"
+        Some(128 + expect),
+        "{tag}: the VMM died of the forwarded signal"
     );
     assert!(start.elapsed() < Duration::from_secs(10));
-    assert!(!b.exists(), "jail dir left behind");
-    assert!(cgroup_dirs(&parent).is_empty(), "cgroup left behind");
+    assert!(!b.exists(), "{tag}: jail dir left behind");
+    assert!(cgroup_dirs(&parent).is_empty(), "{tag}: cgroup left behind");
+}
+
+#[test]
+fn sigterm_is_forwarded_and_the_jail_cleaned_up() {
+    if !is_root() {
+        eprintln!("not root: skipping");
+        return;
+    }
+    sigterm_case("term", &[], libc::SIGTERM);
+    // PID 1 of a namespace ignores SIGTERM without a handler: the jailer sends SIGKILL.
+    sigterm_case("term-pidns", &["--new-pid-ns"], libc::SIGKILL);
 }
 
 #[test]
