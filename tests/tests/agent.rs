@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use husk_agent::client::{AgentClient, ClientConfig, ClientError};
 use husk_agent::config::Mode;
 use husk_agent::pack::{pack, PackSpec};
-use husk_agent::protocol::{Codec, Crash, ErrorCode, Invoke, InvokeResult, Message, Status};
+use husk_agent::protocol::{
+    Codec, Crash, ErrorCode, Invoke, InvokeResult, Message, Restored, Status,
+};
 use husk_tests::e2e::{self, ScratchDir, Spawned};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -296,6 +298,74 @@ fn malformed_frame_gets_an_error_and_single_use_is_enforced() {
         other => panic!("second invocation should be refused, got {other:?}"),
     }
     sb.shutdown();
+}
+
+#[test]
+fn restore_handshake_gates_invocations_in_the_guest() {
+    let mut sb = Boot::new("fn-echo", Mode::Exec)
+        .cmdline("husk.await_restore=1 husk.sandbox_id=snapshotted")
+        .start();
+    let mut c = sb.client();
+    assert_eq!(c.hello().sandbox_id, "snapshotted");
+    assert_eq!(c.hello().restore_generation, 0);
+    let inv = Invoke {
+        id: 3,
+        deadline_ms: 10_000,
+        payload: b"after restore".to_vec(),
+    };
+    match c.invoke(inv.clone(), STEP_TIMEOUT) {
+        Err(ClientError::Agent(e)) => assert_eq!(e.kind(), ErrorCode::AwaitingRestore),
+        other => panic!("invocation before Restored must be refused, got {other:?}"),
+    }
+    let wall_clock_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let h = c
+        .restored(
+            Restored {
+                entropy_seed: vec![0x5a; 64],
+                wall_clock_ns,
+                new_sandbox_id: "restored-1".into(),
+            },
+            STEP_TIMEOUT,
+        )
+        .unwrap();
+    assert_eq!(
+        (h.sandbox_id.as_str(), h.restore_generation),
+        ("restored-1", 1)
+    );
+    let r = c.invoke(inv, STEP_TIMEOUT).unwrap();
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (Status::Ok, &b"after restore"[..])
+    );
+    drop(c);
+    sb.shutdown();
+}
+
+#[test]
+fn sigterm_to_the_agent_reboots_the_guest_cleanly() {
+    let mut sb = Boot::new("fn-crasher", Mode::Exec).start();
+    // The function signals PID 1; the agent syncs and reboots, so no result comes back.
+    let r = sb.invoke(b"sigterm-init", 20_000);
+    assert!(r.is_err(), "the guest should have rebooted, got {r:?}");
+    let status = sb
+        .vm
+        .wait_exit(EXIT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        status.success(),
+        "husk exited with {status} after SIGTERM to the agent:\n{}",
+        sb.vm.transcript()
+    );
+    assert!(
+        sb.vm
+            .transcript()
+            .contains("husk-agent: syncing and rebooting"),
+        "{}",
+        sb.vm.transcript()
+    );
 }
 
 /// 100 invocations on one connection in reuse mode; prints median and p99.

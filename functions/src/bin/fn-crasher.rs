@@ -1,11 +1,18 @@
 //! `fn-crasher`: dies. Payload `abort` calls abort (SIGABRT), `exit N` exits with code
-//! N, anything else raises SIGSEGV. Works in exec and worker mode.
+//! N, `sigterm-init` sends SIGTERM to PID 1 (in a guest: the agent must reboot cleanly),
+//! anything else raises SIGSEGV. Works in exec and worker mode.
 
 fn main() {
     let code = husk_functions::run(|p| {
         eprintln!("crasher about to crash");
         if p == b"abort" {
             std::process::abort();
+        }
+        if p == b"sigterm-init" {
+            // SAFETY: kill(2) with integer arguments only.
+            unsafe { libc::kill(1, libc::SIGTERM) };
+            std::thread::sleep(std::time::Duration::from_secs(30));
+            return Ok(b"init did not stop us".to_vec());
         }
         if let Some(n) = p.strip_prefix(b"exit ") {
             std::process::exit(husk_functions::parse_number(n).unwrap_or(1) as i32);
