@@ -716,6 +716,16 @@ impl Codec {
     }
 }
 
+/// Write one frame with the default limits (see [`Codec::write_frame`]).
+pub fn write_frame<W: Write>(w: &mut W, msg: &Message) -> Result<(), ProtocolError> {
+    Codec::default().write_frame(w, msg)
+}
+
+/// Read one frame with the given limits (see [`Codec::read_frame`]).
+pub fn read_frame<R: Read>(r: &mut R, limits: Limits) -> Result<Message, ProtocolError> {
+    Codec::new(limits).read_frame(r)
+}
+
 fn map_io(e: io::Error) -> ProtocolError {
     match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ProtocolError::Timeout,

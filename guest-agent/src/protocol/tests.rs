@@ -92,6 +92,14 @@ fn every_message_round_trips_through_buffer_and_stream() {
 }
 
 #[test]
+fn free_functions_match_the_codec() {
+    let mut buf = Vec::new();
+    write_frame(&mut buf, &Message::Ping(4)).unwrap();
+    let got = read_frame(&mut Cursor::new(buf), Limits::default()).unwrap();
+    assert_eq!(got, Message::Ping(4));
+}
+
+#[test]
 fn header_layout_is_stable() {
     let frame = Codec::default().encode(&Message::Ping(1)).unwrap();
     assert_eq!(&frame[..4], b"HUSK");
