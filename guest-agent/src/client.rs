@@ -184,6 +184,25 @@ impl AgentClient {
         })
     }
 
+    /// Like [`AgentClient::connect`], but while the sandbox is still booting (socket not
+    /// there yet, nobody listening, agent not yet on its port) retry every 20 ms for up
+    /// to `wait`. Other errors return at once.
+    pub fn connect_with_retry(cfg: &ClientConfig, wait: Duration) -> Result<Self, ClientError> {
+        let end = std::time::Instant::now() + wait;
+        loop {
+            match Self::connect(cfg) {
+                Err(
+                    ClientError::SocketMissing(_)
+                    | ClientError::Refused(_)
+                    | ClientError::HandshakeClosed(_),
+                ) if std::time::Instant::now() < end => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// The Hello the agent sent on this connection.
     pub fn hello(&self) -> &Hello {
         &self.hello

@@ -103,8 +103,7 @@ impl<'a> Boot<'a> {
             _dir: dir,
             hello_after: Duration::ZERO,
         };
-        // Ready = the agent answers with a Hello (the VMM closes connections to a port
-        // nobody listens on yet, so retry until then).
+        // Ready = the agent answers with a Hello.
         let c = sb.connect_within(BOOT_TIMEOUT);
         sb.hello_after = started.elapsed();
         drop(c);
@@ -114,23 +113,15 @@ impl<'a> Boot<'a> {
 
 impl Sandbox {
     fn connect_within(&mut self, timeout: Duration) -> AgentClient {
-        let end = Instant::now() + timeout;
         let mut cfg = ClientConfig::new(&self.uds);
         cfg.connect_timeout = Duration::from_secs(10);
-        loop {
-            match AgentClient::connect(&cfg) {
-                Ok(c) => return c,
-                Err(
-                    ClientError::SocketMissing(_)
-                    | ClientError::Refused(_)
-                    | ClientError::HandshakeClosed(_),
-                ) if Instant::now() < end => std::thread::sleep(Duration::from_millis(50)),
-                Err(e) => panic!(
-                    "cannot reach the agent: {e}\n--- transcript ---\n{}",
-                    self.vm.transcript()
-                ),
-            }
-        }
+        // The VMM closes connections to a port nobody listens on yet: retried until then.
+        AgentClient::connect_with_retry(&cfg, timeout).unwrap_or_else(|e| {
+            panic!(
+                "cannot reach the agent: {e}\n--- transcript ---\n{}",
+                self.vm.transcript()
+            )
+        })
     }
 
     fn client(&mut self) -> AgentClient {

@@ -195,3 +195,28 @@ fn agent_error_and_garbage_are_reported() {
     );
     h.join().unwrap();
 }
+
+#[test]
+fn connect_with_retry_waits_for_a_booting_sandbox() {
+    let p = sock_path("late");
+    // Nothing there yet: fails at once without waiting...
+    assert!(matches!(
+        AgentClient::connect_with_retry(&cfg(&p), Duration::ZERO),
+        Err(ClientError::SocketMissing(_))
+    ));
+    // ...and succeeds once the socket appears within the wait.
+    let p2 = p.clone();
+    let h = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        let join = fake(&p2, |s| {
+            s.write_all(b"OK 9\n").unwrap();
+            Codec::default()
+                .write_frame(s, &Message::Hello(hello()))
+                .unwrap();
+        });
+        join.join().unwrap()
+    });
+    let c = AgentClient::connect_with_retry(&cfg(&p), Duration::from_secs(5)).unwrap();
+    assert_eq!(c.hello(), &hello());
+    h.join().unwrap();
+}

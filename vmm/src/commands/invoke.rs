@@ -60,6 +60,10 @@ pub struct InvokeArgs {
     /// Invocation id echoed in the result.
     #[arg(long, default_value_t = 1)]
     pub id: u64,
+    /// Keep retrying the connection this long while the sandbox boots (socket missing,
+    /// agent not listening yet).
+    #[arg(long, default_value_t = 0)]
+    pub wait_ready_ms: u64,
     /// Print timings (connect, round trip, agent-side duration) to stderr.
     #[arg(long)]
     pub timings: bool,
@@ -121,7 +125,8 @@ pub fn run(args: &InvokeArgs) -> i32 {
     let mut cfg = ClientConfig::new(&args.uds);
     cfg.port = args.port;
     let t0 = Instant::now();
-    let mut client = match AgentClient::connect(&cfg) {
+    let wait = Duration::from_millis(args.wait_ready_ms);
+    let mut client = match AgentClient::connect_with_retry(&cfg, wait) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("husk invoke: {}", husk_agent::server::error_chain(&e));
@@ -218,6 +223,7 @@ mod tests {
             payload_file: None,
             deadline_ms: 0,
             timeout_ms: Some(100),
+            wait_ready_ms: 0,
             id: 1,
             timings: false,
         };
