@@ -32,7 +32,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use self::conn::{Action, Conn, Recv};
 use super::backend::{EpollChange, VsockBackend};
-use super::packet::{op, VsockHeader, TYPE_STREAM};
+use super::packet::{op, VsockHeader, HOST_CID, TYPE_STREAM};
 use super::VsockError;
 use crate::devices::virtio::ratelimit::warn_limited;
 
@@ -426,6 +426,15 @@ impl VsockBackend for VsockUnixBackend {
     }
 
     fn send_pkt(&mut self, hdr: &VsockHeader, data: &[u8]) {
+        // The device checks this already; without it, replies would go to a stranger.
+        if hdr.src_cid != self.guest_cid || hdr.dst_cid != HOST_CID {
+            warn_limited!(
+                "vsock: packet from CID {} to CID {} dropped",
+                hdr.src_cid,
+                hdr.dst_cid
+            );
+            return;
+        }
         if hdr.type_ != TYPE_STREAM {
             if hdr.op != op::RST {
                 self.queue_rst(hdr.rst_reply());
