@@ -82,6 +82,9 @@ pub struct VmResources {
     pub console: ConsoleConfig,
     /// Print the boot-ready line to stderr.
     pub boot_timer: bool,
+    /// Install the seccomp filters (vCPU threads here; the caller installs the VMM
+    /// thread's after the build). Off only with `--no-seccomp`, for debugging.
+    pub seccomp: bool,
 }
 
 impl VmResources {
@@ -97,6 +100,7 @@ impl VmResources {
             entropy: false,
             console: ConsoleConfig::Stdout,
             boot_timer: false,
+            seccomp: true,
         }
     }
 
@@ -513,7 +517,7 @@ pub fn build_microvm_for_boot(res: &VmResources, em: &mut EventManager) -> Resul
             tsc_deadline,
             (i == 0).then_some(kernel.entry),
         )?;
-        vcpus.push(vcpu.start()?);
+        vcpus.push(vcpu.start(res.seccomp)?);
     }
 
     use event_manager::SubscriberOps;

@@ -26,7 +26,6 @@ Exit status:
 pub const UNSUPPORTED_FIRECRACKER_FLAGS: &[&str] = &[
     "--api-sock",
     "--seccomp-filter",
-    "--no-seccomp",
     "--http-api-max-payload-size",
     "--mmds-size-limit",
     "--metadata",
@@ -69,6 +68,9 @@ pub struct FirecrackerArgs {
     pub boot_timer: bool,
     #[command(flatten)]
     pub log: LogArgs,
+    /// Disable the seccomp filters (debugging only).
+    #[arg(long)]
+    pub no_seccomp: bool,
     /// Accepted for Firecracker jailer compatibility; ignored.
     #[arg(long, hide = true)]
     pub start_time_us: Option<u64>,
@@ -131,6 +133,9 @@ pub struct RunArgs {
     /// Stop with exit status 4 if the guest is not ready after this many seconds.
     #[arg(long)]
     pub boot_timeout_secs: Option<u64>,
+    /// Disable the seccomp filters (debugging only).
+    #[arg(long)]
+    pub no_seccomp: bool,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -157,6 +162,7 @@ impl RunArgs {
             path => ConsoleConfig::File(PathBuf::from(path)),
         };
         r.boot_timer = self.boot_timer;
+        r.seccomp = !self.no_seccomp;
         r
     }
 }
@@ -179,6 +185,9 @@ pub enum CliError {
     /// Running the VM.
     #[error(transparent)]
     Vmm(#[from] VmmError),
+    /// Installing the VMM thread's seccomp filter.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     /// Event manager creation.
     #[error("cannot create the event loop: {0:?}")]
     EventManager(event_manager::Error),
@@ -234,6 +243,13 @@ pub fn boot_and_run(
 ) -> Result<StopReason, CliError> {
     let mut em = crate::EventManager::new().map_err(CliError::EventManager)?;
     let mut vmm = build_microvm_for_boot(res, &mut em)?;
+    if res.seccomp {
+        // Every thread exists now (no clone is allowed later); vCPU threads installed
+        // their own filter.
+        crate::seccomp::install(crate::seccomp::Thread::Vmm)?;
+    } else {
+        log::warn!("seccomp filters disabled (--no-seccomp): for debugging only");
+    }
     vmm.set_boot_timeout(boot_timeout);
     vmm.set_print_memory_at_ready(res.boot_timer);
     vmm.resume()?;
@@ -294,6 +310,7 @@ pub fn run_main(args: Vec<String>) -> Result<i32, CliError> {
             }
             let mut res = VmConfig::from_file(&path)?.to_resources();
             res.boot_timer = fc.boot_timer;
+            res.seccomp = !fc.no_seccomp;
             let reason = boot_and_run(&res, None)?;
             Ok(report(&reason))
         }

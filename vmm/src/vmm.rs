@@ -12,6 +12,7 @@ use vmm_sys_util::epoll::EventSet;
 use crate::devices::legacy::marker::NOT_READY;
 use crate::devices::Bus;
 use crate::stop::{StopReason, StopSignal};
+use crate::vstate::memory::MemoryProbe;
 use crate::vstate::vcpu::{VcpuError, VcpuHandle, VcpuState};
 use crate::{EventManager, GuestMemoryMmap};
 
@@ -64,6 +65,7 @@ pub struct Vmm {
     boot_timeout: Option<Duration>,
     print_memory_at_ready: bool,
     memory_reported: bool,
+    memory_probe: Option<MemoryProbe>,
 }
 
 impl Vmm {
@@ -88,6 +90,9 @@ impl Vmm {
             boot_timeout: None,
             print_memory_at_ready: false,
             memory_reported: false,
+            memory_probe: MemoryProbe::open()
+                .map_err(|e| log::warn!("cannot open /proc files for the memory report: {e}"))
+                .ok(),
         }
     }
 
@@ -98,15 +103,25 @@ impl Vmm {
     }
 
     /// (VMM RSS, guest RAM resident) in bytes, right now.
-    pub fn memory_usage(&self) -> std::io::Result<(u64, u64)> {
-        let rss = crate::vstate::memory::process_rss_bytes()?;
-        let guest = crate::vstate::memory::guest_resident_bytes(&self.mem)?;
-        Ok((rss, guest))
+    /// Uses the probe opened when the VMM was built the first time, fresh proc files
+    /// afterwards (which needs `openat`: not under the VMM seccomp filter).
+    pub fn memory_usage(&mut self) -> std::io::Result<(u64, u64)> {
+        let probe = match self.memory_probe.take() {
+            Some(p) => p,
+            None => MemoryProbe::open()?,
+        };
+        probe.measure(&self.mem)
     }
 
     fn report_memory(&mut self, when: &str) {
         self.memory_reported = true;
-        match self.memory_usage() {
+        // Only the probe opened at build time: the VMM thread may be under seccomp now,
+        // where opening a file kills the process.
+        let Some(probe) = self.memory_probe.take() else {
+            log::info!("no memory report at {when}: /proc was not available at start");
+            return;
+        };
+        match probe.measure(&self.mem) {
             Ok((rss, guest)) => {
                 let line = format!(
                     "memory at {when}: VMM RSS {} KiB, guest RAM resident {} KiB, VMM overhead {} KiB",

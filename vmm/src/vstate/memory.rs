@@ -35,12 +35,32 @@ pub enum MemoryError {
 }
 
 /// Allocate `mem_mib` MiB of guest RAM laid out per the x86_64 memory map.
+///
+/// The mappings are marked `MADV_DONTDUMP`: guest RAM stays out of VMM core dumps
+/// (it is the guest's data, and large), and the distinct VMA flag keeps the kernel
+/// from merging guest RAM with other anonymous mappings, so its RSS can be told apart
+/// in /proc/self/smaps.
 pub fn create_guest_memory(mem_mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
     let regions = arch_memory_regions(mem_mib << 20);
-    GuestMemoryMmap::from_ranges(&regions).map_err(|source| MemoryError::Create {
+    let mem = GuestMemoryMmap::from_ranges(&regions).map_err(|source| MemoryError::Create {
         mib: mem_mib,
         source,
-    })
+    })?;
+    for region in mem.iter() {
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|_| MemoryError::HostAddress(region.start_addr().0))?;
+        // SAFETY: [host, host + len) is a mapping owned by `mem`; MADV_DONTDUMP only
+        // changes a VMA flag and never touches the contents.
+        let rc = unsafe { libc::madvise(host.cast(), region.len() as usize, libc::MADV_DONTDUMP) };
+        if rc != 0 {
+            log::warn!(
+                "madvise(MADV_DONTDUMP) on guest memory failed: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(mem)
 }
 
 /// Register every region of `mem` with the VM, one KVM slot per region.
@@ -71,11 +91,8 @@ pub unsafe fn register_guest_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<
     Ok(())
 }
 
-/// Bytes of `mem` that count towards this process's RSS (pages the guest or the VMM
-/// touched), summed from the `Rss:` lines of /proc/self/smaps for the mappings that
-/// back guest memory. (mincore(2) would also count pages that only map the shared
-/// zero page, which RSS does not.)
-pub fn guest_resident_bytes(mem: &GuestMemoryMmap) -> std::io::Result<u64> {
+/// The host address ranges backing `mem`.
+fn host_ranges(mem: &GuestMemoryMmap) -> std::io::Result<Vec<(u64, u64)>> {
     let mut ranges = Vec::new();
     for region in mem.iter() {
         let host = mem
@@ -83,12 +100,22 @@ pub fn guest_resident_bytes(mem: &GuestMemoryMmap) -> std::io::Result<u64> {
             .map_err(|e| std::io::Error::other(e.to_string()))? as u64;
         ranges.push((host, host + region.len()));
     }
-    let smaps = std::fs::read_to_string("/proc/self/smaps")?;
-    Ok(rss_in_ranges(&smaps, &ranges))
+    Ok(ranges)
 }
 
-/// Sum the `Rss:` of every smaps entry lying inside one of `ranges` (host addresses).
+/// Sum the `Rss:` of every smaps entry lying inside `ranges` (host addresses; adjacent
+/// ranges count as one, since the kernel may merge their mappings).
 fn rss_in_ranges(smaps: &str, ranges: &[(u64, u64)]) -> u64 {
+    let mut sorted = ranges.to_vec();
+    sorted.sort_unstable();
+    let mut union: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in sorted {
+        match union.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => union.push((s, e)),
+        }
+    }
+    let ranges = union;
     let mut total = 0;
     let mut inside = false;
     for line in smaps.lines() {
@@ -113,15 +140,51 @@ fn rss_in_ranges(smaps: &str, ranges: &[(u64, u64)]) -> u64 {
     total
 }
 
-/// This process's resident set size in bytes (from /proc/self/statm).
-pub fn process_rss_bytes() -> std::io::Result<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm")?;
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other("unexpected /proc/self/statm format"))?;
-    Ok(pages * 4096)
+/// Read a whole file with plain `read(2)` calls only (no fstat/lseek), so it works
+/// under the VMM thread's seccomp filter on a file opened before the filter.
+fn read_plain(f: &mut std::fs::File) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let n = f.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8(buf).map_err(std::io::Error::other)
+}
+
+/// /proc/self/statm and /proc/self/smaps, opened ahead of time (before seccomp) to
+/// measure memory use once later.
+#[derive(Debug)]
+pub struct MemoryProbe {
+    statm: std::fs::File,
+    smaps: std::fs::File,
+}
+
+impl MemoryProbe {
+    /// Open the proc files.
+    pub fn open() -> std::io::Result<Self> {
+        Ok(Self {
+            statm: std::fs::File::open("/proc/self/statm")?,
+            smaps: std::fs::File::open("/proc/self/smaps")?,
+        })
+    }
+
+    /// (process RSS, bytes of `mem` in that RSS). Consumes the probe: each file is
+    /// read once from its start.
+    pub fn measure(mut self, mem: &GuestMemoryMmap) -> std::io::Result<(u64, u64)> {
+        let statm = read_plain(&mut self.statm)?;
+        let pages: u64 = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other("unexpected /proc/self/statm format"))?;
+        let smaps = read_plain(&mut self.smaps)?;
+        Ok((pages * 4096, rss_in_ranges(&smaps, &host_ranges(mem)?)))
+    }
 }
 
 #[cfg(test)]
@@ -132,17 +195,19 @@ mod tests {
     #[test]
     fn resident_bytes_count_touched_pages() {
         let mem = create_guest_memory(32).unwrap();
-        let before = guest_resident_bytes(&mem).unwrap();
+        let (_, before) = MemoryProbe::open().unwrap().measure(&mem).unwrap();
         assert_eq!(before, 0, "fresh anonymous memory is not resident");
         for i in 0..10u64 {
             mem.write_obj(1u8, GuestAddress(0x10_0000 + i * 4096))
                 .unwrap();
         }
-        assert_eq!(guest_resident_bytes(&mem).unwrap(), 10 * 4096);
+        let (_, guest) = MemoryProbe::open().unwrap().measure(&mem).unwrap();
+        assert_eq!(guest, 10 * 4096);
         // Reading untouched memory maps the zero page: not counted.
         let _: u64 = mem.read_obj(GuestAddress(0x20_0000)).unwrap();
-        assert_eq!(guest_resident_bytes(&mem).unwrap(), 10 * 4096);
-        assert!(process_rss_bytes().unwrap() >= 10 * 4096);
+        let (rss, guest) = MemoryProbe::open().unwrap().measure(&mem).unwrap();
+        assert_eq!(guest, 10 * 4096);
+        assert!(rss >= 10 * 4096);
     }
 
     #[test]
@@ -153,5 +218,10 @@ mod tests {
         assert_eq!(rss_in_ranges(smaps, &[(0x1000, 0x6000)]), 12 * 1024);
         assert_eq!(rss_in_ranges(smaps, &[(0x1000, 0x3000)]), 8 * 1024);
         assert_eq!(rss_in_ranges(smaps, &[]), 0);
+        // Adjacent ranges whose mappings merged still count.
+        assert_eq!(
+            rss_in_ranges(smaps, &[(0x2000, 0x3000), (0x1000, 0x2000)]),
+            8 * 1024
+        );
     }
 }

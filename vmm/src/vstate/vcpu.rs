@@ -49,9 +49,9 @@ pub enum VcpuError {
     /// MSR setup failed.
     #[error(transparent)]
     Msr(#[from] MsrError),
-    /// The vCPU thread could not be spawned.
-    #[error("cannot spawn the vCPU thread")]
-    Spawn(#[source] std::io::Error),
+    /// The vCPU thread could not be spawned with its seccomp filter.
+    #[error("cannot start the vCPU thread")]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     /// The kick signal handler could not be installed.
     #[error("cannot install the vCPU kick signal handler")]
     Signal(#[source] vmm_sys_util::errno::Error),
@@ -356,16 +356,19 @@ impl Vcpu {
         })
     }
 
-    /// Start the vCPU thread in the `Paused` state.
-    pub fn start(self) -> Result<VcpuHandle, VcpuError> {
+    /// Start the vCPU thread in the `Paused` state. With `seccomp`, the thread
+    /// installs the vCPU seccomp filter before anything else (before its first
+    /// `KVM_RUN`).
+    pub fn start(self, seccomp: bool) -> Result<VcpuHandle, VcpuError> {
         install_kick_handler()?;
         let (cmd_tx, cmd_rx) = channel();
         let (resp_tx, resp_rx) = channel();
         let index = self.index;
-        let thread = std::thread::Builder::new()
-            .name(format!("husk-vcpu{index}"))
-            .spawn(move || self.thread_main(cmd_rx, resp_tx))
-            .map_err(VcpuError::Spawn)?;
+        let thread = crate::seccomp::spawn_with_filter(
+            format!("husk-vcpu{index}"),
+            seccomp.then_some(crate::seccomp::Thread::Vcpu),
+            move || self.thread_main(cmd_rx, resp_tx),
+        )?;
         Ok(VcpuHandle {
             index,
             tx: cmd_tx,
@@ -491,7 +494,7 @@ pub struct VcpuHandle {
     index: u8,
     tx: Sender<VcpuCommand>,
     rx: Receiver<VcpuResponse>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<Result<(), crate::seccomp::SeccompError>>>,
 }
 
 impl VcpuHandle {
@@ -559,8 +562,10 @@ impl VcpuHandle {
     pub fn exit(&mut self) {
         let _ = self.send(VcpuCommand::Exit);
         if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                log::error!("vCPU {} thread panicked", self.index);
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => log::error!("vCPU {} thread did not run: {e}", self.index),
+                Err(_) => log::error!("vCPU {} thread panicked", self.index),
             }
         }
     }
