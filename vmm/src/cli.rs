@@ -95,6 +95,10 @@ pub struct LogArgs {
 pub enum Command {
     /// Boot a microVM from flags.
     Run(RunArgs),
+    /// Build a guest initramfs for a function (husk-agent as /init plus the function).
+    Pack(crate::commands::pack::PackArgs),
+    /// Send one invocation to a running sandbox's agent over its vsock Unix socket.
+    Invoke(crate::commands::invoke::InvokeArgs),
 }
 
 /// `husk run`.
@@ -292,6 +296,8 @@ pub fn run_main(args: Vec<String>) -> Result<i32, CliError> {
             )?;
             Ok(report(&reason))
         }
+        Some(Command::Pack(args)) => Ok(crate::commands::pack::run(&args)),
+        Some(Command::Invoke(args)) => Ok(crate::commands::invoke::run(&args)),
         None => {
             let fc = cli.firecracker;
             init_logging(&fc.log)?;

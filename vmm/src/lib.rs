@@ -8,10 +8,12 @@
 //! - [`builder`]: validated VM resources → a paused [`vmm::Vmm`].
 //! - [`vmm`]: the running VM: pause/resume, the event loop, the exit status.
 //! - [`config`], [`cli`]: Firecracker's JSON config file and the command line.
+//! - [`commands`]: subcommands that do not run a VM (`pack`, `invoke`).
 
 pub mod arch;
 pub mod builder;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod devices;
 pub mod logger;
