@@ -3,7 +3,7 @@
 //! data the host socket could not take yet.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::Shutdown;
 use std::num::Wrapping;
 use std::os::unix::net::UnixStream;
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use event_manager::EventSet;
 
+use super::sys::send_nosignal;
 use crate::devices::virtio::ratelimit::warn_limited;
 use crate::devices::virtio::vsock::packet::{
     op, VsockHeader, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
@@ -250,7 +251,7 @@ impl Conn {
         }
         self.update_peer_credit(hdr);
         let line = format!("OK {}\n", self.local_port);
-        match (&self.stream).write(line.as_bytes()) {
+        match send_nosignal(&self.stream, line.as_bytes()) {
             Ok(n) if n == line.len() => {
                 self.state = ConnState::Established;
                 self.deadline = None;
@@ -290,7 +291,7 @@ impl Conn {
         }
         let mut rest = data;
         if self.tx_buf.is_empty() {
-            match (&self.stream).write(rest) {
+            match send_nosignal(&self.stream, rest) {
                 Ok(n) => {
                     self.forwarded(n);
                     rest = &rest[n..];
@@ -358,7 +359,7 @@ impl Conn {
     fn flush(&mut self) -> Action {
         while !self.tx_buf.is_empty() {
             let (front, _) = self.tx_buf.as_slices();
-            match (&self.stream).write(front) {
+            match send_nosignal(&self.stream, front) {
                 Ok(0) => return Action::Kill,
                 Ok(n) => {
                     self.tx_buf.drain(..n);
@@ -387,6 +388,7 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn established(peer_buf_alloc: u32) -> (Conn, UnixStream) {
         let (ours, theirs) = UnixStream::pair().unwrap();

@@ -50,3 +50,24 @@ pub fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
     }
     Ok(UnixStream::from(sock))
 }
+
+/// Write to a connected stream socket without raising SIGPIPE if the peer is gone (the
+/// VMM may be embedded in a process that does not ignore SIGPIPE); a gone peer is an
+/// `EPIPE` error instead.
+pub fn send_nosignal(stream: &UnixStream, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for `buf.len()` bytes for the whole call; send(2) only reads
+    // from it.
+    let n = unsafe {
+        libc::send(
+            stream.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // n >= 0 and at most buf.len().
+    Ok(n as usize)
+}

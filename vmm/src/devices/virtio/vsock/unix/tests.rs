@@ -848,3 +848,11 @@ fn backend_drops_packets_not_from_the_guest_to_the_host() {
     let (rst, _) = b.recv_pkt(&mut buf).unwrap();
     assert_eq!((rst.src_cid, rst.dst_cid, rst.op), (2, CID, op::RST));
 }
+
+#[test]
+fn writing_to_a_vanished_host_peer_fails_with_epipe() {
+    let (a, b) = UnixStream::pair().unwrap();
+    drop(b);
+    let err = super::sys::send_nosignal(&a, b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EPIPE));
+}
