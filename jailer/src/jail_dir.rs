@@ -87,15 +87,9 @@ fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), JailDirError> {
 }
 
 /// Hard-links `src` to `dst` when they share a filesystem, else copies; read-only result.
-fn put_file(
-    src: &Path,
-    dst: &Path,
-    mode: u32,
-    link: bool,
-    cleanup: &mut Cleanup,
-) -> Result<(), JailDirError> {
+fn put_file(src: &Path, dst: &Path, mode: u32, cleanup: &mut Cleanup) -> Result<(), JailDirError> {
     let copy_err = |e| JailDirError::Copy(src.to_path_buf(), dst.to_path_buf(), e);
-    let linked = link && fs::hard_link(src, dst).is_ok();
+    let linked = fs::metadata(src).is_ok_and(|m| linkable(&m)) && fs::hard_link(src, dst).is_ok();
     if !linked {
         fs::copy(src, dst).map_err(copy_err)?;
     }
@@ -107,8 +101,15 @@ fn put_file(
     Ok(())
 }
 
-/// Builds the jail directory: dirs, the VMM binary (a private copy, root-owned 0755),
-/// the includes (hard links, else copies), `dev/` with the device nodes owned by
+/// A hard link shares the inode with the host file, so it is used only when the jailed
+/// uid could not write it through the link either: owned by root, not group- or
+/// world-writable, no set-id bits. Otherwise (or across filesystems) the file is copied.
+fn linkable(meta: &fs::Metadata) -> bool {
+    meta.is_file() && meta.uid() == 0 && meta.mode() & 0o6022 == 0
+}
+
+/// Builds the jail directory: dirs, the VMM binary and the includes (hard links when
+/// [`linkable`] and on the same filesystem, else root-owned copies, 0755 / 0444), `dev/` with the device nodes owned by
 /// uid/gid, and a root owned by uid/gid so the VMM can create its sockets.
 pub fn build(
     paths: &JailPaths,
@@ -128,10 +129,10 @@ pub fn build(
     }
     fs::set_permissions(&paths.root, fs::Permissions::from_mode(0o755))
         .map_err(|e| JailDirError::Chmod(paths.root.clone(), e))?;
-    put_file(exec_file, &paths.exec_in_jail, 0o755, false, cleanup)?;
+    put_file(exec_file, &paths.exec_in_jail, 0o755, cleanup)?;
     for inc in includes {
         let name = inc.file_name().unwrap_or(inc.as_os_str());
-        put_file(inc, &paths.root.join(name), 0o444, true, cleanup)?;
+        put_file(inc, &paths.root.join(name), 0o444, cleanup)?;
     }
     fs::create_dir(&paths.dev).map_err(|e| JailDirError::CreateDir(paths.dev.clone(), e))?;
     cleanup.push(Undo::Tree(paths.dev.clone()));
@@ -173,6 +174,46 @@ fn make_device(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_only_files_the_jailed_uid_cannot_write() {
+        let dir = std::env::temp_dir().join(format!("husk-jd-link-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("jail")).unwrap();
+        let src = dir.join("kernel");
+        fs::write(&src, b"k").unwrap();
+        let mut c = Cleanup::new();
+        for (i, (mode, owner, expect_link)) in [
+            (0o644, 0, true),
+            (0o666, 0, false),
+            (0o664, 0, false),
+            (0o4755, 0, false),
+            (0o644, 1234, false),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            chown(&src, owner, owner).unwrap(); // before chmod: chown clears set-id bits
+            fs::set_permissions(&src, fs::Permissions::from_mode(mode)).unwrap();
+            let dst = dir.join("jail").join(format!("k{i}"));
+            put_file(&src, &dst, 0o444, &mut c).unwrap();
+            let (s, d) = (fs::metadata(&src).unwrap(), fs::metadata(&dst).unwrap());
+            assert_eq!(
+                s.ino() == d.ino(),
+                expect_link,
+                "mode {mode:o} owner {owner}"
+            );
+            if !expect_link {
+                assert_eq!(
+                    (d.uid(), d.mode() & 0o7777),
+                    (0, 0o444),
+                    "a copy is root-owned 0444"
+                );
+            }
+        }
+        assert!(c.run().is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn builds_and_cleans_the_jail_dir() {

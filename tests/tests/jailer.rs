@@ -37,6 +37,7 @@ const CMDLINE: &str = "console=ttyS0 reboot=k panic=0 pci=off nomodule \
 struct Inputs {
     dir: ScratchDir,
     kernel: PathBuf,
+    husk: PathBuf,
     initrd: PathBuf,
     config: PathBuf,
 }
@@ -71,16 +72,25 @@ fn inputs() -> Inputs {
 }}"#
     );
     std::fs::write(&config, json).unwrap();
-    // The jailer names included files after their source: the kernel must be "vmlinux".
-    let kernel = e2e::kernel().unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        kernel.file_name().unwrap(),
-        "vmlinux",
-        "HUSK_KERNEL must be an ELF named vmlinux"
-    );
+    // Kernel and VMM are copied once next to the jails (same filesystem, root-owned,
+    // read-only), so every jail hard-links them instead of copying: what a deployment
+    // does. The jailer names included files after their source: "vmlinux".
+    let kernel = dir.path().join("vmlinux");
+    std::fs::copy(e2e::kernel().unwrap_or_else(|e| panic!("{e}")), &kernel).unwrap();
+    let husk = dir.path().join("husk");
+    std::fs::copy(e2e::bin("husk").unwrap_or_else(|e| panic!("{e}")), &husk).unwrap();
+    for (f, mode) in [
+        (&kernel, 0o444),
+        (&husk, 0o555),
+        (&initrd, 0o444),
+        (&config, 0o444),
+    ] {
+        std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    }
     Inputs {
         dir,
         kernel,
+        husk,
         initrd,
         config,
     }
@@ -98,7 +108,7 @@ impl Jail {
         let base = inp.dir.path().join("jails");
         let mut cmd = Command::new(e2e::bin("husk-jailer").unwrap_or_else(|e| panic!("{e}")));
         cmd.args(["--id", id, "--exec-file"])
-            .arg(e2e::bin("husk").unwrap_or_else(|e| panic!("{e}")))
+            .arg(&inp.husk)
             .args([
                 "--uid",
                 &UID.to_string(),
