@@ -123,3 +123,50 @@ fn husk_exits_3_when_the_guest_kernel_panics() {
         "husk says what happened:\n{transcript}"
     );
 }
+
+#[test]
+fn husk_boots_from_a_firecracker_config_file() {
+    e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
+    let initrd = e2e::fixture("peer-init.cpio").unwrap_or_else(|e| panic!("{e}"));
+    let kernel = e2e::kernel().unwrap_or_else(|e| panic!("{e}"));
+    let dir = ScratchDir::new("vmm-config").unwrap();
+    // A config as Firecracker tooling writes it, empty unsupported sections included.
+    let config = format!(
+        r#"{{
+  "boot-source": {{
+    "kernel_image_path": {kernel:?},
+    "initrd_path": {initrd:?},
+    "boot_args": "console=ttyS0 reboot=k panic=0 pci=off quiet"
+  }},
+  "drives": [],
+  "machine-config": {{ "vcpu_count": 2, "mem_size_mib": 256, "smt": false }},
+  "network-interfaces": []
+}}"#
+    );
+    let path = dir.path().join("vm-config.json");
+    std::fs::write(&path, config).unwrap();
+    let mut cmd = Command::new(e2e::bin("husk").unwrap_or_else(|e| panic!("{e}")));
+    cmd.args(["--no-api", "--id", "e2e-config", "--config-file"])
+        .arg(&path)
+        .arg("--boot-timer");
+    let mut vm = Spawned::spawn(cmd).unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_for_line(MARKER, BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("no init marker: {e}"));
+    let status = vm
+        .wait_exit(EXIT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("husk did not exit after the guest rebooted: {e}"));
+    assert_eq!(status.code(), Some(0), "{}", vm.transcript());
+
+    // A Firecracker flag husk does not support is refused by name, with status 2.
+    let mut bad = Command::new(e2e::bin("husk").unwrap_or_else(|e| panic!("{e}")));
+    bad.args(["--api-sock", "/tmp/fc.sock", "--no-api", "--config-file"])
+        .arg(&path);
+    let out = e2e::run_with_timeout(&mut bad, EXIT_TIMEOUT).unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        out.stderr_str()
+            .contains("flag --api-sock is not supported by husk (yet)"),
+        "{}",
+        out.stderr_str()
+    );
+}
