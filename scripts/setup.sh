@@ -20,6 +20,9 @@ PACKAGES=(
   libelf-dev
   libssl-dev
   python3
+  # jailer tests (ip netns) and measuring seccomp allowlists (strace in the test host)
+  iproute2
+  strace
 )
 
 missing=()
