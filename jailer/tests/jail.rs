@@ -18,17 +18,19 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// The probe, built static once per test run.
+/// The probe, built static once per test run into cargo's per-target temp dir (built
+/// under a unique name, then renamed into place, so concurrent runs do not collide).
 fn probe() -> &'static Path {
     static PROBE: OnceLock<PathBuf> = OnceLock::new();
     PROBE.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("husk-jailer-probe-{}", std::process::id()));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("husk-jail-probe");
         std::fs::create_dir_all(&dir).unwrap();
-        let out = dir.join("probe");
+        let out = dir.join("probe"); // the tests expect this exec name in the jail
+        let tmp = dir.join(format!("probe.{}", std::process::id()));
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probe.c");
         let st = Command::new("cc")
             .args(["-static", "-O2", "-o"])
-            .arg(&out)
+            .arg(&tmp)
             .arg(&src)
             .status()
             .unwrap();
@@ -36,6 +38,7 @@ fn probe() -> &'static Path {
             st.success(),
             "building the static probe failed (needs gcc and glibc static libs)"
         );
+        std::fs::rename(&tmp, &out).unwrap();
         out
     })
 }
