@@ -84,19 +84,49 @@ fn husk_boots_the_guest_kernel_to_init_and_exits_0_on_reboot() {
     );
 }
 
-#[test]
-fn husk_exits_3_when_the_guest_kernel_panics() {
-    e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
+/// An initramfs holding busybox as `/<applet>`: booted with `rdinit=/<applet>` it runs
+/// that applet as PID 1.
+fn busybox_initrd(dir: &ScratchDir, applet: &str) -> std::path::PathBuf {
     let busybox = e2e::find_program("busybox").unwrap_or_else(|e| panic!("{e}"));
-    let dir = ScratchDir::new("vmm-panic").unwrap();
-    // /true is busybox: run as rdinit=/true it is the `true` applet and exits at once.
     let mut cpio = Cpio::new();
     cpio.dir("dev", 0o755).unwrap();
     cpio.char_dev("dev/console", 0o600, 5, 1).unwrap();
-    cpio.file("true", &std::fs::read(&busybox).unwrap(), 0o755)
+    cpio.file(applet, &std::fs::read(&busybox).unwrap(), 0o755)
         .unwrap();
-    let initrd = dir.path().join("exit-init.cpio");
+    let initrd = dir.path().join(format!("{applet}-init.cpio"));
     std::fs::write(&initrd, cpio.finish()).unwrap();
+    initrd
+}
+
+#[test]
+fn husk_exits_0_when_the_guest_powers_off() {
+    e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
+    let dir = ScratchDir::new("vmm-poweroff").unwrap();
+    let initrd = busybox_initrd(&dir, "poweroff");
+    let mut vm = Spawned::spawn(husk_run(
+        &initrd,
+        Some("console=ttyS0 reboot=k panic=0 pci=off quiet rdinit=/poweroff -- -f"),
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let status = vm
+        .wait_exit(BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("husk did not exit after the guest powered off: {e}"));
+    let transcript = vm.transcript();
+    assert_eq!(status.code(), Some(0), "{transcript}");
+    // Without ACPI the kernel says "Power off not available: System halted instead".
+    assert!(transcript.contains("System halted"), "{transcript}");
+    assert!(
+        transcript.contains("the guest powered off or halted"),
+        "{transcript}"
+    );
+}
+
+#[test]
+fn husk_exits_3_when_the_guest_kernel_panics() {
+    e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
+    let dir = ScratchDir::new("vmm-panic").unwrap();
+    // busybox `true` as PID 1 exits at once: "Attempted to kill init".
+    let initrd = busybox_initrd(&dir, "true");
 
     let mut vm = Spawned::spawn(husk_run(
         &initrd,

@@ -16,7 +16,7 @@ use crate::vmm::VmmError;
 /// Exit statuses, shown in `--help`.
 pub const EXIT_STATUS_HELP: &str = "\
 Exit status:
-  0  the guest reset or rebooted (guest `reboot`, i8042 reset, triple fault)
+  0  the guest rebooted (i8042 reset, triple fault), powered off or halted
   1  VMM or configuration error
   2  usage error
   3  the guest kernel panicked
@@ -265,6 +265,7 @@ pub fn boot_and_run(
 fn report(reason: &StopReason) -> i32 {
     match reason {
         StopReason::Reset => log::info!("the guest rebooted; exiting"),
+        StopReason::PowerOff => log::info!("the guest powered off; exiting"),
         StopReason::GuestPanic => eprintln!(
             "husk: the guest kernel panicked (see the console output above); exit status 3"
         ),

@@ -1,7 +1,8 @@
 //! Why the VM stopped, and the signal devices and vCPUs use to stop it.
 //!
 //! Process exit statuses of `husk` (also in `husk --help`):
-//! - 0: the guest reset or rebooted (i8042 reset, triple fault, KVM shutdown);
+//! - 0: the guest reset or rebooted (i8042 reset, triple fault, KVM shutdown), or
+//!   powered off/halted ("reboot: Power down" / "reboot: System halted" on its console);
 //! - 1: a VMM or configuration error (including a vCPU that KVM could not run);
 //! - 2: command-line usage error;
 //! - 3: the guest kernel panicked ("Kernel panic - not syncing" on the console);
@@ -18,6 +19,8 @@ use crate::devices::bus::lock;
 pub enum StopReason {
     /// The guest reset or rebooted.
     Reset,
+    /// The guest powered off or halted (seen on its console).
+    PowerOff,
     /// The guest kernel panicked.
     GuestPanic,
     /// A vCPU or device failed.
@@ -30,7 +33,7 @@ impl StopReason {
     /// The `husk` process exit status for this reason.
     pub fn exit_code(&self) -> i32 {
         match self {
-            StopReason::Reset => 0,
+            StopReason::Reset | StopReason::PowerOff => 0,
             StopReason::Error(_) => 1,
             StopReason::GuestPanic => 3,
             StopReason::BootTimeout => 4,

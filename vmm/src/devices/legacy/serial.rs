@@ -1,6 +1,8 @@
 //! The 8250 UART console at 0x3f8 (vm-superio's `Serial`), its interrupt as a KVM
 //! irqfd, and the console sink: bounded output to stdout or a file plus a line
-//! scanner that stops the VM when the guest kernel panics.
+//! scanner that stops the VM when the guest kernel panics (exit status 3) or powers
+//! off/halts (exit status 0). The guest can print these lines itself; that only lets
+//! it stop its own VM, which it can do anyway.
 
 use std::io::{self, Write};
 
@@ -14,6 +16,13 @@ use crate::stop::{StopReason, StopSignal};
 
 /// The console line that means the guest kernel panicked.
 pub const PANIC_MARKER: &[u8] = b"Kernel panic - not syncing";
+/// Console lines of a guest that powered off or halted: without ACPI it cannot turn
+/// itself off, so the kernel stops its CPUs and husk ends the VM.
+pub const POWER_OFF_MARKERS: &[&[u8]] = &[
+    b"reboot: Power down",
+    b"reboot: System halted",
+    b"reboot: Power off not available: System halted instead",
+];
 /// Longest line prefix kept for panic detection.
 const LINE_MAX: usize = 256;
 
@@ -54,16 +63,19 @@ impl ConsoleSink {
 
     fn scan(&mut self, byte: u8) {
         if byte == b'\n' {
-            let hit = self
-                .line
-                .windows(PANIC_MARKER.len())
-                .any(|w| w == PANIC_MARKER);
-            self.line.clear();
-            if hit {
+            let contains = |m: &[u8]| self.line.windows(m.len()).any(|w| w == m);
+            let reason = if contains(PANIC_MARKER) {
                 log::error!("the guest kernel panicked (see the console output); stopping the VM");
-                if let Some(s) = &self.stop {
-                    s.stop(StopReason::GuestPanic);
-                }
+                Some(StopReason::GuestPanic)
+            } else if POWER_OFF_MARKERS.iter().any(|m| contains(m)) {
+                log::info!("the guest powered off or halted; stopping the VM");
+                Some(StopReason::PowerOff)
+            } else {
+                None
+            };
+            self.line.clear();
+            if let (Some(r), Some(s)) = (reason, &self.stop) {
+                s.stop(r);
             }
         } else if self.line.len() < LINE_MAX {
             self.line.push(byte);
@@ -204,5 +216,28 @@ mod tests {
         sink.write_all(b"all good\nKernel pan\nic - not syncing\n")
             .unwrap();
         assert_eq!(stop.reason(), None);
+    }
+
+    #[test]
+    fn power_off_line_stops_the_vm_cleanly() {
+        let stop = StopSignal::new().unwrap();
+        let mut sink = ConsoleSink::new(
+            Box::new(io::sink()),
+            1 << 20,
+            Some(stop.try_clone().unwrap()),
+        );
+        sink.write_all(b"[    1.2] reboot: Power down\r\n").unwrap();
+        assert_eq!(stop.reason(), Some(StopReason::PowerOff));
+        assert_eq!(StopReason::PowerOff.exit_code(), 0);
+        // What a guest without ACPI prints for `poweroff`.
+        let stop = StopSignal::new().unwrap();
+        let mut sink = ConsoleSink::new(
+            Box::new(io::sink()),
+            1 << 20,
+            Some(stop.try_clone().unwrap()),
+        );
+        sink.write_all(b"reboot: Power off not available: System halted instead\n")
+            .unwrap();
+        assert_eq!(stop.reason(), Some(StopReason::PowerOff));
     }
 }
