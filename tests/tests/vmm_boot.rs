@@ -8,6 +8,9 @@
 //! static `husk` binary and the fixture; fails, never skips, when one is missing.
 //! `HUSK_VMM_BOOT_RUNS=N` boots N times and prints the median VMM start → marker time.
 
+// The whole file is test code: helpers may unwrap like the test functions do.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
