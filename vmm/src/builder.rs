@@ -599,4 +599,111 @@ mod tests {
             Err(BuildError::Cmdline(_))
         ));
     }
+
+    /// A minimal virtio device with two queues, for the attach test.
+    struct AttachTestDevice {
+        evts: Vec<vmm_sys_util::eventfd::EventFd>,
+        irq: crate::devices::virtio::IrqTrigger,
+    }
+
+    impl AttachTestDevice {
+        fn new() -> Self {
+            Self {
+                evts: (0..2)
+                    .map(|_| vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap())
+                    .collect(),
+                irq: crate::devices::virtio::IrqTrigger::new().unwrap(),
+            }
+        }
+    }
+
+    impl crate::devices::virtio::VirtioDevice for AttachTestDevice {
+        fn device_type(&self) -> u32 {
+            42
+        }
+        fn avail_features(&self) -> u64 {
+            1 << 32
+        }
+        fn acked_features(&self) -> u64 {
+            0
+        }
+        fn set_acked_features(&mut self, _features: u64) {}
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16, 16]
+        }
+        fn queue_events(&self) -> &[vmm_sys_util::eventfd::EventFd] {
+            &self.evts
+        }
+        fn interrupt(&self) -> &crate::devices::virtio::IrqTrigger {
+            &self.irq
+        }
+        fn read_config(&self, _offset: u64, _data: &mut [u8]) {}
+        fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+        fn activate(
+            &mut self,
+            _mem: GuestMemoryMmap,
+            _queues: Vec<virtio_queue::Queue>,
+        ) -> Result<(), crate::devices::virtio::ActivateError> {
+            Ok(())
+        }
+        fn is_activated(&self) -> bool {
+            false
+        }
+    }
+
+    impl event_manager::MutEventSubscriber for AttachTestDevice {
+        fn process(&mut self, _events: event_manager::Events, _ops: &mut event_manager::EventOps) {}
+        fn init(&mut self, _ops: &mut event_manager::EventOps) {}
+    }
+
+    #[test]
+    fn attach_wires_windows_irqs_ioeventfds_and_cmdline() {
+        use crate::devices::virtio::mmio::MmioTransport;
+        use crate::devices::virtio::VirtioDevice;
+        let kvm = open_kvm().unwrap();
+        let vm = create_vm(&kvm).unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let mut em = EventManager::new().unwrap();
+        let mut bus = Bus::new();
+        let mut attacher = MmioAttacher::new();
+        let mut devices = Vec::new();
+        for i in 0..19u64 {
+            let dev = Arc::new(Mutex::new(AttachTestDevice::new()));
+            let transport = Arc::new(Mutex::new(MmioTransport::new(mem.clone(), dev.clone())));
+            let (base, irq) = attacher
+                .attach(&vm, &mut bus, &mut em, transport, dev.clone())
+                .unwrap();
+            assert_eq!((base, irq), (0xd000_0000 + i * 0x1000, 5 + i as u32));
+            devices.push(dev);
+        }
+        // The transport answers at its window: magic "virt" and the device type.
+        let mut magic = [0u8; 4];
+        assert!(bus.read(0xd000_2000, &mut magic));
+        assert_eq!(u32::from_le_bytes(magic), 0x7472_6976);
+        let mut ty = [0u8; 4];
+        assert!(bus.read(0xd000_2008, &mut ty));
+        assert_eq!(u32::from_le_bytes(ty), 42);
+        // Each queue eventfd is already an ioeventfd on QueueNotify: registering it
+        // again is refused by KVM.
+        let d = devices[1].lock().unwrap();
+        assert!(vm
+            .register_ioevent(
+                &d.queue_events()[1],
+                &IoEventAddress::Mmio(0xd000_1000 + MMIO_QUEUE_NOTIFY),
+                1u32
+            )
+            .is_err());
+        drop(d);
+        assert_eq!(
+            attacher.cmdline_entries()[18],
+            "virtio_mmio.device=4K@0xd0012000:23"
+        );
+        // No window left after IRQ 23.
+        let dev = Arc::new(Mutex::new(AttachTestDevice::new()));
+        let transport = Arc::new(Mutex::new(MmioTransport::new(mem.clone(), dev.clone())));
+        assert!(matches!(
+            attacher.attach(&vm, &mut bus, &mut em, transport, dev),
+            Err(BuildError::TooManyDevices)
+        ));
+    }
 }
