@@ -135,10 +135,11 @@ pub fn handle_exit(io_bus: &Bus, mmio_bus: &Bus, exit: VcpuExit<'_>) -> ExitActi
         VcpuExit::Hlt | VcpuExit::Intr | VcpuExit::IrqWindowOpen | VcpuExit::IoapicEoi(_) => {
             ExitAction::Continue
         }
-        other => {
-            crate::log_limited!(ODD_EXIT, warn, "unexpected vCPU exit {other:?}; continuing");
-            ExitAction::Continue
-        }
+        // Exits husk never enables (hypercall, debug, MSR, memory fault, ...): stop
+        // rather than spin on something nobody handles.
+        other => ExitAction::Stop(StopReason::Error(format!(
+            "unexpected vCPU exit {other:?}"
+        ))),
     }
 }
 
