@@ -87,6 +87,29 @@ fn husk_boots_the_guest_kernel_to_init_and_exits_0_on_reboot() {
     );
 }
 
+#[test]
+fn husk_exits_0_when_the_guest_reboots_by_triple_fault() {
+    e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
+    let initrd = e2e::fixture("peer-init.cpio").unwrap_or_else(|e| panic!("{e}"));
+    // reboot=t: the kernel reboots with a triple fault, i.e. KVM_EXIT_SHUTDOWN.
+    let mut vm = Spawned::spawn(husk_run(
+        &initrd,
+        Some("console=ttyS0 reboot=t panic=0 pci=off quiet"),
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_for_line(MARKER, BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("no init marker: {e}"));
+    let status = vm
+        .wait_exit(EXIT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("husk did not exit after the triple fault: {e}"));
+    let transcript = vm.transcript();
+    assert_eq!(status.code(), Some(0), "{transcript}");
+    assert!(
+        !transcript.contains("i8042 controller"),
+        "the reboot must not have gone through the i8042:\n{transcript}"
+    );
+}
+
 /// An initramfs holding busybox as `/<applet>`: booted with `rdinit=/<applet>` it runs
 /// that applet as PID 1.
 fn busybox_initrd(dir: &ScratchDir, applet: &str) -> std::path::PathBuf {
