@@ -227,9 +227,18 @@ impl Vmm {
     }
 
     /// End all vCPU threads.
+    ///
+    /// A vCPU thread that does not end in time (blocked outside `KVM_RUN`, e.g. on a
+    /// console pipe nobody reads) is left behind; guest memory is then leaked on
+    /// purpose so that it stays mapped for as long as that thread might still run the
+    /// guest. The process is about to exit anyway.
     pub fn shutdown(&mut self) {
+        let mut all_exited = true;
         for v in &mut self.vcpus {
-            v.exit();
+            all_exited &= v.exit();
+        }
+        if !all_exited {
+            std::mem::forget(self.mem.clone());
         }
     }
 }

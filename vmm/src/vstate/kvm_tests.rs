@@ -273,3 +273,47 @@ fn ready_marker_is_timestamped_then_reset_ends_the_vm() {
     let (rss, guest) = vmm.memory_usage().unwrap();
     assert!(rss > guest);
 }
+
+/// A console writer that never returns (a pipe nobody reads).
+struct StuckWriter;
+impl Write for StuckWriter {
+    fn write(&mut self, _b: &[u8]) -> io::Result<usize> {
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn shutdown_does_not_hang_on_a_vcpu_blocked_outside_kvm_run() {
+    // mov dx,0x3f8; mov al,'x'; out dx,al; hlt  -- the write never returns.
+    let (vm, mem) = tiny_vm(&[0xba, 0xf8, 0x03, 0xb0, b'x', 0xee, 0xf4]);
+    let stop = StopSignal::new().unwrap();
+    let serial = SerialDevice::new(
+        vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        ConsoleSink::new(Box::new(StuckWriter), 1024, None),
+    );
+    let mut io = Bus::new();
+    io.insert(Arc::new(Mutex::new(serial)), 0x3f8, 8).unwrap();
+    let handle = real_mode_vcpu(&vm, io.clone(), Bus::new(), &stop)
+        .start(false)
+        .unwrap();
+    let ready = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+    let mut vmm = Vmm::new(vec![handle], stop, ready, io, Bus::new(), vm, mem);
+    vmm.resume().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    vmm.shutdown();
+    let took = start.elapsed();
+    assert!(
+        took >= crate::vstate::vcpu::EXIT_TIMEOUT && took < Duration::from_secs(10),
+        "shutdown took {took:?}"
+    );
+    // Dropping the VMM does not wait again; guest memory stays mapped (leaked).
+    let start = Instant::now();
+    drop(vmm);
+    assert!(start.elapsed() < Duration::from_secs(1));
+}

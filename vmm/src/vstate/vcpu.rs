@@ -559,22 +559,46 @@ impl VcpuHandle {
         }
     }
 
-    /// End the thread and join it.
-    pub fn exit(&mut self) {
+    /// End the thread and join it. Returns false if the thread did not end within
+    /// [`EXIT_TIMEOUT`] (e.g. blocked writing console output nobody reads): it is then
+    /// left running, and the caller must keep guest memory mapped (see
+    /// [`crate::vmm::Vmm::shutdown`]).
+    pub fn exit(&mut self) -> bool {
+        let Some(t) = self.thread.take() else {
+            return true;
+        };
         let _ = self.send(VcpuCommand::Exit);
-        if let Some(t) = self.thread.take() {
-            match t.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => log::error!("vCPU {} thread did not run: {e}", self.index),
-                Err(_) => log::error!("vCPU {} thread panicked", self.index),
+        let deadline = std::time::Instant::now() + EXIT_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(VcpuResponse::Exited) | Err(RecvTimeoutError::Disconnected) => break,
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Timeout) => {
+                    log::error!(
+                        "vCPU {} did not stop within {EXIT_TIMEOUT:?} (blocked outside KVM_RUN?); \
+                         leaving it behind",
+                        self.index
+                    );
+                    return false;
+                }
             }
         }
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::error!("vCPU {} thread did not run: {e}", self.index),
+            Err(_) => log::error!("vCPU {} thread panicked", self.index),
+        }
+        true
     }
 }
 
+/// How long [`VcpuHandle::exit`] waits for a vCPU thread to end.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl Drop for VcpuHandle {
     fn drop(&mut self) {
-        self.exit();
+        let _ = self.exit();
     }
 }
 
