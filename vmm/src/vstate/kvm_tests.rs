@@ -317,3 +317,41 @@ fn shutdown_does_not_hang_on_a_vcpu_blocked_outside_kvm_run() {
     drop(vmm);
     assert!(start.elapsed() < Duration::from_secs(1));
 }
+
+#[test]
+fn saved_state_restores_into_a_fresh_vcpu() {
+    // l: inc cx; jmp l
+    let code = [0x41, 0xeb, 0xfd];
+    let (vm, _mem) = tiny_vm(&code);
+    let stop = StopSignal::new().unwrap();
+    let mut handle = real_mode_vcpu(&vm, Bus::new(), Bus::new(), &stop)
+        .start(false)
+        .unwrap();
+    handle.resume().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    handle.pause().unwrap();
+    let saved = handle.save_state().unwrap();
+    handle.exit();
+    assert_ne!(saved.regs.rcx, 0, "the guest ran");
+
+    // Through serde, as a snapshot file would carry it.
+    let saved: crate::vstate::vcpu::VcpuState =
+        serde_json::from_str(&serde_json::to_string(&saved).unwrap()).unwrap();
+    let (vm2, _mem2) = tiny_vm(&code);
+    let vcpu = Vcpu::new(&vm2, 0, Bus::new(), Bus::new(), stop.try_clone().unwrap()).unwrap();
+    vcpu.restore_state(&saved).unwrap();
+    let again = vcpu.save_state().unwrap();
+    assert_eq!(again.regs.rcx, saved.regs.rcx);
+    assert_eq!(again.regs.rip, saved.regs.rip);
+    assert_eq!(again.sregs.cs.base, saved.sregs.cs.base);
+    assert_eq!(again.fpu, saved.fpu);
+    assert_eq!(again.msrs.len(), saved.msrs.len());
+
+    // Hostile state: more MSRs than husk ever saves is refused.
+    let mut bad = saved.clone();
+    bad.msrs = vec![bad.msrs[0]; 1000];
+    assert!(matches!(
+        vcpu.restore_state(&bad),
+        Err(crate::vstate::vcpu::VcpuError::BadState(_))
+    ));
+}

@@ -55,6 +55,9 @@ pub enum VcpuError {
     /// The kick signal handler could not be installed.
     #[error("cannot install the vCPU kick signal handler")]
     Signal(#[source] vmm_sys_util::errno::Error),
+    /// A saved vCPU state is malformed.
+    #[error("invalid saved vCPU state: {0}")]
+    BadState(&'static str),
     /// The vCPU thread did not answer in time or is gone.
     #[error("vCPU {0} did not respond to {1}")]
     NoResponse(u8, &'static str),
@@ -337,6 +340,41 @@ impl Vcpu {
         if let Some(entry) = entry {
             setup_boot_vcpu(&self.fd, entry)?;
         }
+        Ok(())
+    }
+
+    /// Load a saved architectural state into this (not yet started) vCPU. CPUID must
+    /// already be set ([`Vcpu::configure`]). `state` is untrusted: KVM validates the
+    /// register contents and refuses what it cannot load; an MSR list longer than the
+    /// boot list is refused here.
+    pub fn restore_state(&self, state: &VcpuState) -> Result<(), VcpuError> {
+        let io = |what| move |e| VcpuError::Ioctl(what, e);
+        if state.msrs.len() > boot_msr_entries().len() {
+            return Err(VcpuError::BadState("too many MSRs"));
+        }
+        self.fd
+            .set_mp_state(state.mp_state)
+            .map_err(io("restore the MP state"))?;
+        self.fd
+            .set_sregs(&state.sregs)
+            .map_err(io("restore special registers"))?;
+        self.fd
+            .set_regs(&state.regs)
+            .map_err(io("restore registers"))?;
+        self.fd
+            .set_fpu(&kvm_fpu::from(&state.fpu))
+            .map_err(io("restore the FPU"))?;
+        let msrs = Msrs::from_entries(&state.msrs).map_err(|_| VcpuError::BadState("MSR list"))?;
+        let n = self.fd.set_msrs(&msrs).map_err(io("restore MSRs"))?;
+        if n != state.msrs.len() {
+            return Err(VcpuError::BadState("an MSR KVM refused"));
+        }
+        self.fd
+            .set_lapic(&state.lapic)
+            .map_err(io("restore the LAPIC"))?;
+        self.fd
+            .set_vcpu_events(&state.events)
+            .map_err(io("restore vCPU events"))?;
         Ok(())
     }
 
