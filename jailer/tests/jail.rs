@@ -13,6 +13,15 @@ use std::time::{Duration, Instant};
 const JAILER: &str = env!("CARGO_BIN_EXE_husk-jailer");
 const UID: &str = "40123";
 
+/// These tests build real jails (mount namespaces, cgroups, mknod, setuid): they need
+/// root, as `scripts/test` has. Without it they fail instead of passing silently.
+fn require_root() {
+    assert!(
+        is_root(),
+        "the jailer integration tests need root: run them as root (scripts/test does)"
+    );
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid takes no arguments.
     unsafe { libc::geteuid() == 0 }
@@ -101,10 +110,7 @@ fn cgroup_dirs(parent: &str) -> Vec<PathBuf> {
 
 #[test]
 fn jail_from_inside_and_cleanup() {
-    if !is_root() {
-        eprintln!("not root: skipping");
-        return;
-    }
+    require_root();
     let b = base("inside");
     let parent = format!("husk-test-{}", std::process::id());
     let out = jailer(
@@ -173,10 +179,7 @@ fn jail_from_inside_and_cleanup() {
 
 #[test]
 fn pid_namespace_and_outside_view() {
-    if !is_root() {
-        eprintln!("not root: skipping");
-        return;
-    }
+    require_root();
     let b = base("pidns");
     let parent = format!("husk-test-pidns-{}", std::process::id());
     let child = jailer(
@@ -255,10 +258,7 @@ fn pid_namespace_and_outside_view() {
 
 #[test]
 fn daemon_mode_detaches() {
-    if !is_root() {
-        eprintln!("not root: skipping");
-        return;
-    }
+    require_root();
     let b = base("daemon");
     let mut cmd = jailer(&b, "sb-daemon", &["--daemonize"], &["--sleep", "2000"]);
     let start = Instant::now();
@@ -302,10 +302,7 @@ fn fails_with(cmd: &mut Command, needle: &str) {
 
 #[test]
 fn bad_flags_fail_clearly_and_leave_nothing() {
-    if !is_root() {
-        eprintln!("not root: skipping");
-        return;
-    }
+    require_root();
     let b = base("bad");
     fails_with(&mut jailer(&b, "a/b", &[], &[]), "invalid --id \"a/b\"");
     fails_with(&mut jailer(&b, &"x".repeat(65), &[], &[]), "invalid --id");
@@ -356,10 +353,7 @@ fn bad_flags_fail_clearly_and_leave_nothing() {
 
 #[test]
 fn failure_after_setup_cleans_up() {
-    if !is_root() {
-        eprintln!("not root: skipping");
-        return;
-    }
+    require_root();
     // A bad cgroup value is found after the jail dir and cgroup dirs exist: all removed.
     let b = base("late");
     let parent = format!("husk-test-late-{}", std::process::id());
@@ -454,10 +448,7 @@ fn sigterm_case(tag: &str, extra: &[&str], expect: i32) {
 
 #[test]
 fn sigterm_is_forwarded_and_the_jail_cleaned_up() {
-    if !is_root() {
-        eprintln!("not root: skipping");
-        return;
-    }
+    require_root();
     sigterm_case("term", &[], libc::SIGTERM);
     // PID 1 of a namespace ignores SIGTERM without a handler: the jailer sends SIGKILL.
     sigterm_case("term-pidns", &["--new-pid-ns"], libc::SIGKILL);
@@ -465,10 +456,7 @@ fn sigterm_is_forwarded_and_the_jail_cleaned_up() {
 
 #[test]
 fn joins_the_given_network_namespace() {
-    if !is_root() {
-        eprintln!("not root: skipping");
-        return;
-    }
+    require_root();
     use std::os::unix::fs::MetadataExt;
     let name = format!("husk-jailer-test-{}", std::process::id());
     let st = Command::new("ip")
