@@ -32,15 +32,31 @@ for p in "${PACKAGES[@]}"; do
   fi
 done
 
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+  SUDO=(sudo)
+fi
+
+# The emulated test host downloads its L1 kernel package with `apt-get download`, which
+# needs package lists that know a current linux-image-6.1.0-*-amd64-unsigned: refresh
+# lists that are missing or older than a week even when every package is installed.
+lists_fresh() {
+  [ -n "$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -mtime -7 2>/dev/null | head -n 1)" ] &&
+    apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$' 2>/dev/null | grep -q .
+}
+
 if [ ${#missing[@]} -eq 0 ]; then
+  if ! lists_fresh; then
+    echo "setup: refreshing Debian package lists (older than a week, or no L1 kernel package listed)"
+    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get update -q
+  fi
   echo "setup: all ${#PACKAGES[@]} Debian packages present"
   exit 0
 fi
 
-SUDO=()
-if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null 2>&1 || { echo "setup: not root and no sudo; install as root: ${missing[*]}" >&2; exit 1; }
-  SUDO=(sudo)
+if [ ${#SUDO[@]} -gt 0 ] && ! command -v sudo >/dev/null 2>&1; then
+  echo "setup: not root and no sudo; install as root: ${missing[*]}" >&2
+  exit 1
 fi
 
 echo "setup: installing ${missing[*]}"
