@@ -91,7 +91,7 @@ impl Vmm {
             print_memory_at_ready: false,
             memory_reported: false,
             memory_probe: MemoryProbe::open()
-                .map_err(|e| log::warn!("cannot open /proc files for the memory report: {e}"))
+                .map_err(|e| log::info!("no memory report: cannot open /proc files (normal inside a jail without /proc): {e}"))
                 .ok(),
         }
     }
