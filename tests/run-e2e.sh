@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs e2e test binaries one after another and reports; scripts/test executes it inside
-# ONE husk-testhost session, so the emulated KVM host starts once for all of them.
+# Runs e2e test binaries one after another inside a KVM host session and reports;
+# scripts/test runs it once per test binary (one husk-testhost session each).
 # Usage: tests/run-e2e.sh TEST_BINARY...
 # Counts individual tests from libtest's "test result:" lines; a binary that ends
 # without one (crash, abort) counts as one failed test. Tests inside a binary run one
