@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use crate::config::FunctionConfig;
 use crate::protocol::{Crash, Status, RESULT_OUTPUT_TRUNCATED};
 use crate::reaper::{Exit, Reaper};
-use crate::runner::{build_command, Outcome, RunError, Tail, GRACE, STDERR_TAIL};
+use crate::runner::{
+    abort_spawn, spawn_function, FunctionProcess, Outcome, RunError, Tail, GRACE, STDERR_TAIL,
+};
 
 /// Stdout bytes kept up to a cap; the rest is read and dropped.
 #[derive(Debug)]
@@ -103,22 +105,13 @@ pub fn run_exec(
     deadline: Duration,
 ) -> Result<Outcome, RunError> {
     let start = Instant::now();
-    let mut cmd = build_command(cfg)?;
-    let mut child = reaper.spawn(&mut cmd).map_err(|source| RunError::Spawn {
-        path: cfg.path.display().to_string(),
-        source,
-    })?;
-    let pid = child.id() as i32;
-    let fail = |e: io::Error| {
-        Reaper::kill_group(pid);
-        let _ = reaper.wait_timeout(pid, Some(GRACE));
-        RunError::Setup(e)
-    };
-    let (Some(stdin), Some(mut stdout), Some(mut stderr)) =
-        (child.stdin.take(), child.stdout.take(), child.stderr.take())
-    else {
-        return Err(fail(io::Error::other("missing child pipe")));
-    };
+    let FunctionProcess {
+        pid,
+        stdin,
+        mut stdout,
+        mut stderr,
+    } = spawn_function(reaper, cfg)?;
+    let fail = |e: io::Error| abort_spawn(reaper, pid, e);
     for fd in [stdin.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()] {
         set_nonblocking(fd).map_err(fail)?;
     }

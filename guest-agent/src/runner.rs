@@ -4,7 +4,7 @@
 
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::process::{ChildStderr, ChildStdin, Command, Stdio};
+use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -153,6 +153,49 @@ fn settle(pipe: &OwnedFd, busy: &AtomicBool) {
     }
 }
 
+/// A function process just started in its own process group, with its three pipes.
+pub(crate) struct FunctionProcess {
+    pub(crate) pid: i32,
+    pub(crate) stdin: ChildStdin,
+    pub(crate) stdout: ChildStdout,
+    pub(crate) stderr: ChildStderr,
+}
+
+/// Start the function `cfg` describes (exec and worker mode alike). If a later setup
+/// step fails, hand its error to [`abort_spawn`] so the process does not linger.
+pub(crate) fn spawn_function(
+    reaper: &Reaper,
+    cfg: &FunctionConfig,
+) -> Result<FunctionProcess, RunError> {
+    let mut cmd = build_command(cfg)?;
+    let mut child = reaper.spawn(&mut cmd).map_err(|source| RunError::Spawn {
+        path: cfg.path.display().to_string(),
+        source,
+    })?;
+    let pid = child.id() as i32;
+    match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
+        (Some(stdin), Some(stdout), Some(stderr)) => Ok(FunctionProcess {
+            pid,
+            stdin,
+            stdout,
+            stderr,
+        }),
+        _ => Err(abort_spawn(
+            reaper,
+            pid,
+            io::Error::other("missing child pipe"),
+        )),
+    }
+}
+
+/// Kill a just-started function's process group, reap it, and report `e` as a setup
+/// error.
+pub(crate) fn abort_spawn(reaper: &Reaper, pid: i32, e: io::Error) -> RunError {
+    Reaper::kill_group(pid);
+    let _ = reaper.wait_timeout(pid, Some(GRACE));
+    RunError::Setup(e)
+}
+
 pub(crate) fn build_command(cfg: &FunctionConfig) -> Result<Command, RunError> {
     let path = cfg.path.display().to_string();
     if !is_executable(&cfg.path) {
@@ -207,22 +250,13 @@ pub struct Worker {
 impl Worker {
     /// Start the worker process.
     pub fn start(reaper: &Reaper, cfg: &FunctionConfig) -> Result<Self, RunError> {
-        let mut cmd = build_command(cfg)?;
-        let mut child = reaper.spawn(&mut cmd).map_err(|source| RunError::Spawn {
-            path: cfg.path.display().to_string(),
-            source,
-        })?;
-        let pid = child.id() as i32;
-        let fail = |e: io::Error| {
-            Reaper::kill_group(pid);
-            let _ = reaper.wait_timeout(pid, Some(GRACE));
-            RunError::Setup(e)
-        };
-        let (Some(stdin), Some(stdout), Some(stderr)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
-            return Err(fail(io::Error::other("missing child pipe")));
-        };
+        let FunctionProcess {
+            pid,
+            stdin,
+            stdout,
+            stderr,
+        } = spawn_function(reaper, cfg)?;
+        let fail = |e: io::Error| abort_spawn(reaper, pid, e);
         let (tx, responses) = mpsc::channel();
         let cap = cfg.output_cap;
         thread::Builder::new()
