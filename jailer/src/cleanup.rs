@@ -16,6 +16,8 @@ pub enum Undo {
     File(PathBuf),
     /// A cgroup directory we created: rmdir, retried briefly while exiting tasks leave.
     Cgroup(PathBuf),
+    /// A pre-staged directory we chowned: its original uid and gid are given back.
+    Owner(PathBuf, u32, u32),
 }
 
 /// The ordered undo list.
@@ -71,6 +73,9 @@ fn undo_one(action: &Undo) -> io::Result<()> {
         },
         Undo::Tree(p) => ignore_missing(std::fs::remove_dir_all(p)),
         Undo::File(p) => ignore_missing(std::fs::remove_file(p)),
+        Undo::Owner(p, uid, gid) => {
+            ignore_missing(std::os::unix::fs::chown(p, Some(*uid), Some(*gid)))
+        }
         Undo::Cgroup(p) => {
             let mut last = Ok(());
             for _ in 0..50 {

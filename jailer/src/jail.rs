@@ -14,7 +14,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use crate::args::JailConfig;
 use crate::cgroup::{self, CgroupError, CgroupPlan};
 use crate::chroot::{self, ChrootError};
-use crate::cleanup::Cleanup;
+use crate::cleanup::{Cleanup, Undo};
 use crate::jail_dir::{self, JailDirError};
 use crate::paths::JailPaths;
 use crate::privs::{self, PrivError};
@@ -164,6 +164,8 @@ fn prepare_and_spawn(
         let _ = wait_child(pid, false);
         return Err(JailError::Jailed(msg));
     }
+    // Recorded before the write: in a pre-staged root it is the only trace of it.
+    cleanup.push(Undo::File(paths.pid_file.clone()));
     if let Err(e) = std::fs::write(&paths.pid_file, format!("{pid}\n")) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(pid, libc::SIGKILL) };

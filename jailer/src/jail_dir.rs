@@ -1,5 +1,11 @@
 //! The jail directory on the host: `<base>/<exec name>/<id>/root` holding the VMM
 //! binary, the `--include` files and only the device nodes the VMM needs.
+//!
+//! The root may be pre-staged by the caller, as Firecracker's users do (kernel, rootfs,
+//! config and `v.sock_<port>` listeners put there before the jailer starts). Such a root is
+//! validated ([`validate_pre_staged`]) and kept: the jailer adds its files next to the
+//! pre-staged ones, refuses to replace any of them, and on cleanup removes only what it
+//! created and gives the root its owner back.
 
 use std::ffi::CString;
 use std::fs;
@@ -17,9 +23,26 @@ pub enum JailDirError {
     /// mkdir failed.
     #[error("cannot create jail directory {0:?}: check --chroot-base-dir")]
     CreateDir(PathBuf, #[source] io::Error),
-    /// The jail root exists already.
-    #[error("jail root {0:?} already exists: another sandbox uses this id, pick a new --id or remove it")]
-    Exists(PathBuf),
+    /// A pre-staged jail directory is a symlink or not a directory.
+    #[error("pre-staged jail directory {0:?} must be a real directory, not a symlink or a file")]
+    NotARealDir(PathBuf),
+    /// A pre-staged jail root does not resolve to the expected path.
+    #[error("pre-staged jail root {0:?} resolves to {1:?}: it must be the real directory <chroot-base-dir>/<exec name>/<id>/root")]
+    UnexpectedPath(PathBuf, PathBuf),
+    /// A pre-staged jail directory has an owner other than root or the jail uid.
+    #[error(
+        "pre-staged jail directory {0:?} is owned by uid {1}: it must be owned by root or by --uid"
+    )]
+    BadOwner(PathBuf, u32),
+    /// A pre-staged jail directory is writable by group or others.
+    #[error("pre-staged jail directory {0:?} has mode {1:o}: it must not be writable by group or others")]
+    Writable(PathBuf, u32),
+    /// A pre-staged jail directory cannot be inspected.
+    #[error("cannot inspect the pre-staged jail directory {0:?}")]
+    Inspect(PathBuf, #[source] io::Error),
+    /// A file the jailer must create is already in the pre-staged root.
+    #[error("{0:?} is already in the jail root, but the jailer creates it (VMM binary, --include, pid file, device node): another sandbox runs with this --id, or a pre-staged file has that name; pick a new --id or remove the file")]
+    Conflict(PathBuf),
     /// Copying a file into the jail failed.
     #[error("cannot copy {0:?} into the jail at {1:?}")]
     Copy(PathBuf, PathBuf, #[source] io::Error),
@@ -108,9 +131,20 @@ fn linkable(meta: &fs::Metadata) -> bool {
     meta.is_file() && meta.uid() == 0 && meta.mode() & 0o6022 == 0
 }
 
+/// Whether the jail root was made by this jailer or found pre-staged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootOrigin {
+    /// Created by the jailer: the whole tree is removed on cleanup.
+    Created,
+    /// Found in place: kept; only what the jailer added is removed on cleanup.
+    PreStaged,
+}
+
 /// Builds the jail directory: dirs, the VMM binary and the includes (hard links when
 /// [`linkable`] and on the same filesystem, else root-owned copies, 0755 / 0444), `dev/` with the device nodes owned by
-/// uid/gid, and a root owned by uid/gid so the VMM can create its sockets.
+/// uid/gid, and a root owned by uid/gid so the VMM can create its sockets. An existing
+/// root is accepted once [`validate_pre_staged`] passes and nothing the jailer creates
+/// is in it already; it is checked completely before anything is added.
 pub fn build(
     paths: &JailPaths,
     exec_file: &Path,
@@ -118,28 +152,104 @@ pub fn build(
     uid: u32,
     gid: u32,
     cleanup: &mut Cleanup,
-) -> Result<(), JailDirError> {
+) -> Result<RootOrigin, JailDirError> {
     create_dirs(&paths.id_dir, &paths.exec_dir, cleanup)?;
-    match fs::create_dir(&paths.root) {
-        Ok(()) => cleanup.push(Undo::Tree(paths.root.clone())),
+    let origin = match fs::create_dir(&paths.root) {
+        Ok(()) => {
+            cleanup.push(Undo::Tree(paths.root.clone()));
+            fs::set_permissions(&paths.root, fs::Permissions::from_mode(0o755))
+                .map_err(|e| JailDirError::Chmod(paths.root.clone(), e))?;
+            RootOrigin::Created
+        }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            return Err(JailDirError::Exists(paths.root.clone()))
+            validate_pre_staged(paths, uid)?;
+            check_no_conflicts(paths, includes)?;
+            RootOrigin::PreStaged
         }
         Err(e) => return Err(JailDirError::CreateDir(paths.root.clone(), e)),
-    }
-    fs::set_permissions(&paths.root, fs::Permissions::from_mode(0o755))
-        .map_err(|e| JailDirError::Chmod(paths.root.clone(), e))?;
+    };
     put_file(exec_file, &paths.exec_in_jail, 0o755, cleanup)?;
     for inc in includes {
-        let name = inc.file_name().unwrap_or(inc.as_os_str());
-        put_file(inc, &paths.root.join(name), 0o444, cleanup)?;
+        put_file(inc, &include_target(paths, inc), 0o444, cleanup)?;
     }
-    fs::create_dir(&paths.dev).map_err(|e| JailDirError::CreateDir(paths.dev.clone(), e))?;
-    cleanup.push(Undo::Tree(paths.dev.clone()));
+    match fs::create_dir(&paths.dev) {
+        Ok(()) => cleanup.push(Undo::Tree(paths.dev.clone())),
+        // Pre-staged `dev/`: check_no_conflicts made sure it is a real directory.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && origin == RootOrigin::PreStaged => {}
+        Err(e) => return Err(JailDirError::CreateDir(paths.dev.clone(), e)),
+    }
     for (dev, required) in DEVICES {
         make_device(paths, Path::new(dev), *required, uid, gid, cleanup)?;
     }
-    chown(&paths.root, uid, gid)
+    if origin == RootOrigin::PreStaged {
+        let meta = fs::symlink_metadata(&paths.root)
+            .map_err(|e| JailDirError::Inspect(paths.root.clone(), e))?;
+        cleanup.push(Undo::Owner(paths.root.clone(), meta.uid(), meta.gid()));
+    }
+    chown(&paths.root, uid, gid)?;
+    Ok(origin)
+}
+
+fn include_target(paths: &JailPaths, inc: &Path) -> PathBuf {
+    paths.root.join(inc.file_name().unwrap_or(inc.as_os_str()))
+}
+
+/// Checks a jail root that exists already, the way Firecracker's jailer accepts one:
+/// `<exec name>/`, `<id>/` and `root/` are real directories (no symlinks, so the root
+/// resolves to exactly `<base>/<exec name>/<id>/root`), owned by root or the jail uid,
+/// not writable by group or others (nobody else can swap the directory the jailer
+/// pivots into).
+pub fn validate_pre_staged(paths: &JailPaths, uid: u32) -> Result<(), JailDirError> {
+    for dir in [&paths.exec_dir, &paths.id_dir, &paths.root] {
+        let meta =
+            fs::symlink_metadata(dir).map_err(|e| JailDirError::Inspect(dir.to_path_buf(), e))?;
+        if !meta.file_type().is_dir() {
+            return Err(JailDirError::NotARealDir(dir.to_path_buf()));
+        }
+        if meta.uid() != 0 && meta.uid() != uid {
+            return Err(JailDirError::BadOwner(dir.to_path_buf(), meta.uid()));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(JailDirError::Writable(
+                dir.to_path_buf(),
+                meta.mode() & 0o7777,
+            ));
+        }
+    }
+    let base = paths.exec_dir.parent().unwrap_or(Path::new("/"));
+    let expected = fs::canonicalize(base)
+        .map_err(|e| JailDirError::Inspect(base.to_path_buf(), e))?
+        .join(paths.root.strip_prefix(base).unwrap_or(&paths.root));
+    let real =
+        fs::canonicalize(&paths.root).map_err(|e| JailDirError::Inspect(paths.root.clone(), e))?;
+    if real != expected {
+        return Err(JailDirError::UnexpectedPath(paths.root.clone(), real));
+    }
+    Ok(())
+}
+
+/// Refuses a pre-staged root that already holds something the jailer creates: it never
+/// replaces (or writes through a hard link to) a file it did not put there. A pre-staged
+/// `dev/` must be a real directory; the device nodes in it must not exist yet.
+fn check_no_conflicts(paths: &JailPaths, includes: &[PathBuf]) -> Result<(), JailDirError> {
+    let exists = |p: &Path| fs::symlink_metadata(p).is_ok();
+    let mut mine = vec![paths.exec_in_jail.clone(), paths.pid_file.clone()];
+    mine.extend(includes.iter().map(|inc| include_target(paths, inc)));
+    match fs::symlink_metadata(&paths.dev) {
+        Ok(m) if !m.file_type().is_dir() => {
+            return Err(JailDirError::NotARealDir(paths.dev.clone()))
+        }
+        Ok(_) => mine.extend(
+            DEVICES
+                .iter()
+                .filter_map(|(d, _)| paths.device_in_jail(Path::new(d))),
+        ),
+        Err(_) => {}
+    }
+    match mine.into_iter().find(|p| exists(p)) {
+        Some(p) => Err(JailDirError::Conflict(p)),
+        None => Ok(()),
+    }
 }
 
 fn make_device(
@@ -238,8 +348,12 @@ mod tests {
                 fs::metadata(&paths.exec_in_jail).unwrap().len(),
                 fs::metadata(&exec).unwrap().len()
             );
+            // Same id again while the first jail is there: refused, nothing touched.
             let again = build(&paths, &exec, &[], 1234, 1234, &mut Cleanup::new());
-            assert!(matches!(again, Err(JailDirError::Exists(_))));
+            assert!(
+                matches!(&again, Err(JailDirError::Conflict(p)) if *p == paths.exec_in_jail),
+                "{again:?}"
+            );
         }
         assert!(c.run().is_empty());
         assert!(!base.exists(), "every directory the jailer created is gone");
@@ -247,5 +361,173 @@ mod tests {
             !base.parent().unwrap().exists(),
             "created parents are gone too"
         );
+    }
+    fn require_root() {
+        // SAFETY: geteuid takes no arguments.
+        let root = unsafe { libc::geteuid() } == 0;
+        assert!(
+            root,
+            "mknod and chown need root: run the jailer tests as root (scripts/test does)"
+        );
+    }
+
+    /// `<tmp>/<tag>/base` with `husk/sb/root` pre-staged as root-owned 0755 directories.
+    fn pre_staged(tag: &str) -> (PathBuf, JailPaths) {
+        let top = std::env::temp_dir().join(format!("husk-jd-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&top);
+        let paths = JailPaths::new(&top.join("base"), "husk", "sb");
+        fs::create_dir_all(&paths.root).unwrap();
+        for d in [&paths.exec_dir, &paths.id_dir, &paths.root] {
+            fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        (top, paths)
+    }
+
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn keeps_a_pre_staged_root_and_removes_only_its_own_files() {
+        require_root();
+        let (top, paths) = pre_staged("keep");
+        fs::write(paths.root.join("vmlinux"), b"kernel").unwrap();
+        let listener =
+            std::os::unix::net::UnixListener::bind(paths.root.join("v.sock_5000")).unwrap();
+        let inc = top.join("vm.json");
+        fs::write(&inc, b"{}").unwrap();
+        let exec = std::env::current_exe().unwrap();
+        let mut c = Cleanup::new();
+        let origin = build(&paths, &exec, &[inc], 1234, 1235, &mut c).unwrap();
+        assert_eq!(origin, RootOrigin::PreStaged);
+        assert_eq!(
+            listing(&paths.root),
+            ["dev", "husk", "v.sock_5000", "vm.json", "vmlinux"]
+        );
+        let meta = fs::metadata(&paths.root).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (1234, 1235),
+            "the VMM may create its sockets"
+        );
+        assert!(
+            !c.actions().contains(&Undo::Tree(paths.root.clone())),
+            "a pre-staged root is never removed as a whole: {:?}",
+            c.actions()
+        );
+        fs::write(&paths.pid_file, b"1\n").unwrap();
+        c.push(Undo::File(paths.pid_file.clone())); // as jail::run does
+        assert!(c.run().is_empty());
+        assert_eq!(listing(&paths.root), ["v.sock_5000", "vmlinux"]);
+        assert_eq!(fs::read(paths.root.join("vmlinux")).unwrap(), b"kernel");
+        let meta = fs::metadata(&paths.root).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (0, 0), "owner given back");
+        // The pre-staged listener still works after cleanup.
+        let _client =
+            std::os::unix::net::UnixStream::connect(paths.root.join("v.sock_5000")).unwrap();
+        assert!(listener.accept().is_ok());
+        fs::remove_dir_all(&top).unwrap();
+    }
+
+    #[test]
+    fn reuses_a_pre_staged_dev_dir_and_keeps_it() {
+        require_root();
+        let (top, paths) = pre_staged("dev");
+        fs::create_dir(&paths.dev).unwrap();
+        fs::write(paths.dev.join("keep-me"), b"").unwrap();
+        let exec = std::env::current_exe().unwrap();
+        let mut c = Cleanup::new();
+        build(&paths, &exec, &[], 1234, 1234, &mut c).unwrap();
+        assert!(listing(&paths.dev).contains(&"kvm".to_string()));
+        assert!(c.run().is_empty());
+        assert_eq!(listing(&paths.root), ["dev"]);
+        assert_eq!(listing(&paths.dev), ["keep-me"]);
+        fs::remove_dir_all(&top).unwrap();
+    }
+
+    #[test]
+    fn refuses_unsafe_pre_staged_roots_and_touches_nothing() {
+        require_root();
+        let exec = std::env::current_exe().unwrap();
+        let inc = std::env::temp_dir().join(format!("husk-jd-inc-{}", std::process::id()));
+        fs::write(&inc, b"x").unwrap();
+        let cases: [(&str, &dyn Fn(&JailPaths), fn(&JailDirError) -> bool); 7] = [
+            (
+                "root is a symlink",
+                &|p: &JailPaths| {
+                    let elsewhere = p.id_dir.join("elsewhere");
+                    fs::rename(&p.root, &elsewhere).unwrap();
+                    std::os::unix::fs::symlink(&elsewhere, &p.root).unwrap();
+                },
+                |e| matches!(e, JailDirError::NotARealDir(_)),
+            ),
+            (
+                "id dir is a symlink",
+                &|p: &JailPaths| {
+                    let other = p.exec_dir.join("other");
+                    fs::rename(&p.id_dir, &other).unwrap();
+                    std::os::unix::fs::symlink(&other, &p.id_dir).unwrap();
+                },
+                |e| matches!(e, JailDirError::NotARealDir(_)),
+            ),
+            (
+                "root is a file",
+                &|p: &JailPaths| {
+                    fs::remove_dir(&p.root).unwrap();
+                    fs::write(&p.root, b"").unwrap();
+                },
+                |e| matches!(e, JailDirError::NotARealDir(_)),
+            ),
+            (
+                "root world-writable",
+                &|p: &JailPaths| {
+                    fs::set_permissions(&p.root, fs::Permissions::from_mode(0o777)).unwrap()
+                },
+                |e| matches!(e, JailDirError::Writable(_, 0o777)),
+            ),
+            (
+                "root owned by another uid",
+                &|p: &JailPaths| std::os::unix::fs::chown(&p.root, Some(999), None).unwrap(),
+                |e| matches!(e, JailDirError::BadOwner(_, 999)),
+            ),
+            (
+                "an include's name is taken",
+                &|p: &JailPaths| fs::write(p.root.join(inc_name()), b"pre-staged").unwrap(),
+                |e| matches!(e, JailDirError::Conflict(_)),
+            ),
+            (
+                "dev is a symlink",
+                &|p: &JailPaths| std::os::unix::fs::symlink("/dev", &p.dev).unwrap(),
+                |e| matches!(e, JailDirError::NotARealDir(_)),
+            ),
+        ];
+        fn inc_name() -> String {
+            format!("husk-jd-inc-{}", std::process::id())
+        }
+        for (i, (what, stage, expect)) in cases.iter().enumerate() {
+            let (top, paths) = pre_staged(&format!("bad{i}"));
+            stage(&paths);
+            let before = fs::read_dir(&paths.id_dir).unwrap().count();
+            let mut c = Cleanup::new();
+            let r = build(&paths, &exec, &[inc.clone()], 1234, 1234, &mut c);
+            match &r {
+                Err(e) => assert!(expect(e), "{what}: wrong error {e:?}"),
+                Ok(o) => panic!("{what}: accepted as {o:?}"),
+            }
+            assert!(c.actions().is_empty(), "{what}: created {:?}", c.actions());
+            assert_eq!(
+                fs::read_dir(&paths.id_dir).unwrap().count(),
+                before,
+                "{what}"
+            );
+            assert!(!paths.exec_in_jail.exists(), "{what}");
+            fs::remove_dir_all(&top).unwrap();
+        }
+        fs::remove_file(&inc).unwrap();
     }
 }

@@ -293,6 +293,72 @@ fn daemon_mode_detaches() {
     std::fs::remove_dir_all(&b).unwrap();
 }
 
+#[test]
+fn pre_staged_root_is_used_and_kept() {
+    require_root();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let b = base("prestaged");
+    let parent = format!("husk-test-pre-{}", std::process::id());
+    // What a Firecracker user prepares: the root with a kernel and a listening
+    // `v.sock_<port>` for guest-initiated vsock connections.
+    let root = b.join("probe/sb-pre/root");
+    std::fs::create_dir_all(&root).unwrap();
+    for d in [b.join("probe"), b.join("probe/sb-pre"), root.clone()] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::write(root.join("vmlinux"), b"kernel").unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(root.join("v.sock_5000")).unwrap();
+    let out = jailer(
+        &b,
+        "sb-pre",
+        &["--cgroup-version", "2", "--parent-cgroup", &parent],
+        &["--exit", "3"],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "stderr: {stderr}");
+    let r = report(&out);
+    let listing: Vec<&str> = sorted_list(&r["ls /"])
+        .into_iter()
+        .filter(|n| *n != "probe.pid")
+        .collect();
+    assert_eq!(
+        listing,
+        ["dev", "probe", "v.sock_5000", "vmlinux"],
+        "the VMM sees the pre-staged files"
+    );
+    // Cleanup removed what the jailer created and nothing else.
+    let mut left: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["v.sock_5000", "vmlinux"]);
+    assert_eq!(std::fs::read(root.join("vmlinux")).unwrap(), b"kernel");
+    assert_eq!(
+        std::fs::metadata(&root).unwrap().uid(),
+        0,
+        "owner given back"
+    );
+    assert!(cgroup_dirs(&parent).is_empty(), "cgroup left behind");
+    let _c = std::os::unix::net::UnixStream::connect(root.join("v.sock_5000")).unwrap();
+    assert!(
+        listener.accept().is_ok(),
+        "the pre-staged listener still works"
+    );
+    // A symlinked root is refused and its target left alone.
+    let elsewhere = b.join("elsewhere");
+    std::fs::rename(&root, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &root).unwrap();
+    fails_with(
+        &mut jailer(&b, "sb-pre", &[], &[]),
+        "must be a real directory, not a symlink",
+    );
+    assert!(!elsewhere.join("probe").exists());
+    std::fs::remove_dir_all(&b).unwrap();
+}
+
 fn fails_with(cmd: &mut Command, needle: &str) {
     let out = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -405,7 +471,10 @@ fn failure_after_setup_cleans_up() {
     while !root.join("probe.pid").exists() && start.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(10));
     }
-    fails_with(&mut jailer(&b, "sb-twice", &[], &[]), "already exists");
+    fails_with(
+        &mut jailer(&b, "sb-twice", &[], &[]),
+        "is already in the jail root, but the jailer creates it",
+    );
     assert!(root.join("probe").exists(), "the running jail is untouched");
     assert!(first.wait().unwrap().success());
     assert!(!b.exists());

@@ -4,8 +4,11 @@
 //! runs with the given uid/gid, no capabilities, no-new-privs, `Seccomp: 2` on every
 //! thread, in its own mount namespace (and PID namespace when asked) whose root holds
 //! only the expected files, and that nothing (jail directory, cgroup) is left after it
-//! exits. Also: bad flags fail clearly, and the figure "jailer start to VMM ready"
-//! (median of 10).
+//! exits. A pre-staged jail root (Firecracker users' layout: kernel, initramfs, config
+//! and a listening `v.sock_5000` put there before the jailer starts) is used as is: the
+//! guest's connection to host port 5000 reaches that listener, and cleanup keeps the
+//! pre-staged files while removing the jailer's files and cgroup. Also: bad flags fail
+//! clearly, and the figure "jailer start to VMM ready" (median of 10).
 //!
 //! Needs a hardware-virt KVM host (run it through `husk-testhost`), `HUSK_KERNEL`, the
 //! static binaries (`scripts/build.sh`: husk, husk-jailer, husk-agent, fn-echo) and root
@@ -15,6 +18,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -349,6 +354,151 @@ fn jailed_husk_in_a_new_pid_namespace() {
     assert!(
         !Path::new("/sys/fs/cgroup/husk/e2e-2").exists(),
         "cgroup left behind"
+    );
+}
+
+/// Accepts the guest's connection on the pre-staged `v.sock_5000`, reads its line,
+/// answers `ack`; returns the line.
+fn serve_guest_connection(listener: UnixListener) -> String {
+    listener.set_nonblocking(true).unwrap();
+    let end = Instant::now() + BOOT_TIMEOUT + STEP_TIMEOUT;
+    let stream = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < end => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => return format!("<no connection from the guest: {e}>"),
+        }
+    };
+    stream.set_nonblocking(false).unwrap();
+    stream.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
+    let mut line = String::new();
+    let _ = BufReader::new(&stream).read_line(&mut line);
+    let _ = (&stream).write_all(b"ack\n");
+    line.trim_end().to_string()
+}
+
+#[test]
+fn pre_staged_root_gets_the_guests_vsock_connection_and_is_kept() {
+    let inp = inputs();
+    let id = "e2e-pre";
+    let base = inp.dir.path().join("jails");
+    let root = base.join("husk").join(id).join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    for d in [base.join("husk"), base.join("husk").join(id), root.clone()] {
+        std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    // Pre-staged as Firecracker's users do: kernel hard-linked, initramfs and config
+    // copied, a listener for guest-initiated connections to host port 5000. The
+    // devices init connects to the port HUSK_DEVICES_HOST_PORT names (kernel command
+    // line parameters the kernel does not know reach init as environment variables).
+    std::fs::hard_link(&inp.kernel, root.join("vmlinux")).unwrap();
+    let initrd = e2e::fixture("devices-init.cpio").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::copy(&initrd, root.join("devices-init.cpio")).unwrap();
+    let json = format!(
+        r#"{{
+  "boot-source": {{"kernel_image_path": "/vmlinux", "initrd_path": "/devices-init.cpio", "boot_args": "{CMDLINE} HUSK_DEVICES_HOST_PORT=5000"}},
+  "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128}},
+  "vsock": {{"guest_cid": 3, "uds_path": "/v.sock"}},
+  "entropy": {{}}
+}}"#
+    );
+    std::fs::write(root.join("vm.json"), json).unwrap();
+    let listener = UnixListener::bind(root.join("v.sock_5000")).unwrap();
+    // The jailed VMM connects as UID: the socket must be writable for it.
+    std::os::unix::fs::chown(root.join("v.sock_5000"), Some(UID), Some(GID)).unwrap();
+    let pre_staged = listing(&root);
+    let server = std::thread::spawn(move || serve_guest_connection(listener));
+
+    let mut cmd = Command::new(e2e::bin("husk-jailer").unwrap_or_else(|e| panic!("{e}")));
+    cmd.args(["--id", id, "--exec-file"])
+        .arg(&inp.husk)
+        .args(["--uid", &UID.to_string(), "--gid", &GID.to_string()])
+        .arg("--chroot-base-dir")
+        .arg(&base)
+        .args(["--cgroup", "pids.max=256"])
+        .args([
+            "--",
+            "--config-file",
+            "/vm.json",
+            "--no-api",
+            "--level",
+            "Warning",
+        ]);
+    let mut vm = Spawned::spawn(cmd).unwrap();
+    let fail = |vm: &mut Spawned, what: &str, e: &dyn std::fmt::Display| -> ! {
+        panic!("{what}: {e}\n--- transcript ---\n{}", vm.transcript())
+    };
+    if let Err(e) = vm.wait_for_line("HUSK-DEVICES: listening on vsock port 5000", BOOT_TIMEOUT) {
+        fail(&mut vm, "the jailed guest did not reach its init", &e);
+    }
+    // While it runs, the VMM sees the pre-staged files and the jailer's next to them.
+    let pid = std::fs::read_to_string(root.join("husk.pid")).unwrap();
+    let inside = listing(&PathBuf::from(format!("/proc/{}/root", pid.trim())));
+    for f in pre_staged
+        .iter()
+        .map(String::as_str)
+        .chain(["dev", "husk", "v.sock"])
+    {
+        assert!(
+            inside.iter().any(|n| n == f),
+            "{f} missing in the jail: {inside:?}"
+        );
+    }
+    assert!(Path::new(&format!("/sys/fs/cgroup/husk/{id}")).exists());
+    // The init first waits for a host-initiated connection on guest port 5000 (through
+    // the VMM's own socket in the jail): one line, then half-close.
+    let s = UnixStream::connect(root.join("v.sock")).unwrap();
+    s.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
+    (&s).write_all(b"CONNECT 5000\n").unwrap();
+    let mut r = BufReader::new(&s);
+    let (mut ok, mut echo) = (String::new(), String::new());
+    r.read_line(&mut ok).unwrap();
+    (&s).write_all(b"from the jail host\n").unwrap();
+    r.read_line(&mut echo).unwrap();
+    assert!(ok.starts_with("OK "), "{ok:?}");
+    assert_eq!(echo, "from the jail host\n");
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    // Guest-initiated: the guest connected to host port 5000 = the pre-staged listener.
+    let said = vm
+        .wait_for_line("HUSK-DEVICES: host said", STEP_TIMEOUT)
+        .unwrap_or_else(|e| fail(&mut vm, "guest-initiated connection failed", &e));
+    assert!(said.text.contains("host said ack"), "{}", said.text);
+    assert_eq!(server.join().unwrap(), "hello from the guest");
+    let done = vm
+        .wait_for_line("HUSK-DEVICES: done", STEP_TIMEOUT)
+        .unwrap_or_else(|e| fail(&mut vm, "guest did not finish", &e));
+    assert!(done.text.contains("done ok"), "{}", done.text);
+    let status = vm
+        .wait_exit(EXIT_TIMEOUT)
+        .unwrap_or_else(|e| fail(&mut vm, "jailer did not exit after the reboot", &e));
+    assert!(
+        status.success(),
+        "jailer exit {status}:\n{}",
+        vm.transcript()
+    );
+
+    // Cleanup: the pre-staged files stay (the VMM's own socket may stay too: the jailer
+    // removes only what it created), the jailer's files and cgroup are gone.
+    let mut left = listing(&root);
+    left.retain(|n| n != "v.sock");
+    assert_eq!(
+        left, pre_staged,
+        "cleanup must keep exactly the pre-staged files"
+    );
+    assert_eq!(
+        std::fs::read(root.join("vmlinux")).unwrap().len() as u64,
+        std::fs::metadata(&inp.kernel).unwrap().len()
+    );
+    assert!(
+        !Path::new(&format!("/sys/fs/cgroup/husk/{id}")).exists(),
+        "cgroup left behind"
+    );
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&root).unwrap()),
+        0,
+        "the jail root's owner is given back"
     );
 }
 

@@ -8,7 +8,9 @@
 //!    then echoes raw bytes until the host shuts down its side
 //!    (`echoed <line> (+<n> bulk bytes)`);
 //! 3. connects to the host (CID 2) port 6000, sends `hello from the guest\n` and reads
-//!    the host's answer line (`host said <line>`);
+//!    the host's answer line (`host said <line>`); the port is `HUSK_DEVICES_HOST_PORT`
+//!    when the kernel command line sets it (the kernel hands `NAME=value` parameters it
+//!    does not know to init as environment variables; the jailer test uses 5000);
 //! 4. reads 64 bytes from /dev/hwrng (`hwrng 64 bytes <hex>`);
 //! 5. `done ok` (or `done with N failures`), then reboots the guest.
 //!
@@ -22,7 +24,7 @@ use std::time::Duration;
 
 const PREFIX: &str = "HUSK-DEVICES: ";
 const GUEST_PORT: u32 = 5000;
-const HOST_PORT: u32 = 6000;
+const DEFAULT_HOST_PORT: u32 = 6000;
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(120);
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -187,8 +189,16 @@ fn echo_step() -> io::Result<String> {
     Ok(format!("{line} (+{total} bulk bytes)"))
 }
 
-fn connect_step() -> io::Result<String> {
-    let mut conn = connect(libc::VMADDR_CID_HOST, HOST_PORT)?;
+/// The host port of step 3: `HUSK_DEVICES_HOST_PORT` from the kernel command line, or 6000.
+fn host_port() -> u32 {
+    std::env::var("HUSK_DEVICES_HOST_PORT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_HOST_PORT)
+}
+
+fn connect_step(port: u32) -> io::Result<String> {
+    let mut conn = connect(libc::VMADDR_CID_HOST, port)?;
     conn.write_all(b"hello from the guest\n")?;
     read_line(&mut conn)
 }
@@ -224,10 +234,11 @@ fn main() {
             failures += 1;
         }
     }
-    match connect_step() {
+    let port = host_port();
+    match connect_step(port) {
         Ok(line) => say(&format!("host said {line}")),
         Err(e) => {
-            say(&format!("FAIL connect to host port {HOST_PORT}: {e}"));
+            say(&format!("FAIL connect to host port {port}: {e}"));
             failures += 1;
         }
     }
