@@ -456,7 +456,8 @@ mod tests {
         let exec = std::env::current_exe().unwrap();
         let inc = std::env::temp_dir().join(format!("husk-jd-inc-{}", std::process::id()));
         fs::write(&inc, b"x").unwrap();
-        let cases: [(&str, &dyn Fn(&JailPaths), fn(&JailDirError) -> bool); 7] = [
+        type Case<'a> = (&'a str, &'a dyn Fn(&JailPaths), fn(&JailDirError) -> bool);
+        let cases: [Case; 7] = [
             (
                 "root is a symlink",
                 &|p: &JailPaths| {
@@ -514,7 +515,14 @@ mod tests {
             stage(&paths);
             let before = fs::read_dir(&paths.id_dir).unwrap().count();
             let mut c = Cleanup::new();
-            let r = build(&paths, &exec, &[inc.clone()], 1234, 1234, &mut c);
+            let r = build(
+                &paths,
+                &exec,
+                std::slice::from_ref(&inc),
+                1234,
+                1234,
+                &mut c,
+            );
             match &r {
                 Err(e) => assert!(expect(e), "{what}: wrong error {e:?}"),
                 Ok(o) => panic!("{what}: accepted as {o:?}"),
