@@ -18,6 +18,12 @@ pub const QUEUE_SIZE: u16 = 256;
 /// At most this many bytes are handed out per descriptor chain; larger buffers get a
 /// short (but valid) answer, as the virtio spec allows.
 pub const MAX_BYTES_PER_CHAIN: usize = 64 * 1024;
+/// At most this many bytes are handed out per pass over the queue (one queue
+/// notification). Requests beyond it stay in the queue and are answered in a later pass:
+/// the device wakes itself through its queue eventfd, so the event loop serves other
+/// devices in between and one notification never costs more than this much
+/// `getrandom(2)` and guest-memory writing (256 chains of 64 KiB would be 16 MiB).
+pub const MAX_BYTES_PER_PASS: usize = 256 * 1024;
 
 /// Errors of the entropy device.
 #[derive(Debug, thiserror::Error)]
@@ -82,15 +88,30 @@ impl Entropy {
         })
     }
 
-    /// Answer every request the driver has queued. Returns how many chains were used.
+    /// Answer the requests the driver has queued, up to [`MAX_BYTES_PER_PASS`] bytes
+    /// (a zero-length request counts as one byte, so a pass is bounded in chains too);
+    /// if requests remain, the queue eventfd is written so the event loop comes back.
+    /// Returns how many chains were used.
     pub fn process_queue(&mut self) -> Result<usize, EntropyError> {
         let (Some(mem), Some(queue)) = (self.mem.as_ref(), self.queues.first_mut()) else {
             return Ok(0);
         };
         let mut used = 0;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        let mut budget = MAX_BYTES_PER_PASS;
+        let mut deferred = false;
+        loop {
+            if budget == 0 {
+                deferred = queue
+                    .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+                    .is_ok_and(|idx| idx.0 != queue.next_avail());
+                break;
+            }
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                break;
+            };
             let bufs = ChainBuffers::new(chain);
-            let len = bufs.writable.len().min(MAX_BYTES_PER_CHAIN);
+            let len = bufs.writable.len().min(MAX_BYTES_PER_CHAIN).min(budget);
+            budget -= len.max(1);
             let mut written = 0u32;
             if len == 0 {
                 warn_limited!("virtio-rng: request without a writable buffer");
@@ -109,12 +130,23 @@ impl Entropy {
             }
             used += 1;
         }
+        if deferred {
+            if let Some(evt) = self.queue_events.first() {
+                let _ = evt.write(1);
+            }
+        }
         if used > 0 {
             self.irq
                 .trigger(VIRTIO_MMIO_INT_VRING)
                 .map_err(EntropyError::Interrupt)?;
         }
         Ok(used)
+    }
+
+    /// Whether a pass left requests for a later one (its queue eventfd is pending).
+    #[cfg(test)]
+    fn wake_pending(&self) -> bool {
+        self.queue_events.first().is_some_and(|e| e.read().is_ok())
     }
 }
 
@@ -276,6 +308,38 @@ mod tests {
             .unwrap();
         e.process_queue().unwrap();
         assert_eq!(used(&vq, 0), (0, MAX_BYTES_PER_CHAIN as u32));
+    }
+
+    #[test]
+    fn one_pass_is_bounded_and_the_rest_is_served_later() {
+        let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x80_0000)]).unwrap();
+        let vq = MockSplitQueue::new(&m, 16);
+        let mut e = active(&m, &vq);
+        let _ = e.wake_pending(); // activation wakes the event loop once
+                                  // 10 chains of 64 KiB = 640 KiB wanted; a pass hands out at most 256 KiB.
+        let chains: Vec<_> = (0..10u16)
+            .map(|i| desc(0x10_0000 + u64::from(i) * 0x1_0000, 0x1_0000, F_WRITE, 0))
+            .collect();
+        vq.add_desc_chains(&chains, 0).unwrap();
+        let per_pass = MAX_BYTES_PER_PASS / MAX_BYTES_PER_CHAIN;
+        assert_eq!(e.process_queue().unwrap(), per_pass);
+        assert_eq!(usize::from(vq.used().idx().load()), per_pass);
+        assert!(e.wake_pending(), "requests left: the device wakes itself");
+        assert_eq!(e.process_queue().unwrap(), per_pass);
+        assert!(e.wake_pending());
+        assert_eq!(e.process_queue().unwrap(), 10 - 2 * per_pass);
+        assert!(!e.wake_pending(), "all served: no self-wakeup");
+        for i in 0..10 {
+            assert_eq!(used(&vq, i), (i as u32, MAX_BYTES_PER_CHAIN as u32));
+        }
+        // Empty requests count too: a pass over a full ring of them is bounded.
+        let vq = MockSplitQueue::new(&m, 256);
+        let mut e = active(&m, &vq);
+        let _ = e.wake_pending();
+        let empty: Vec<_> = (0..256).map(|_| desc(0x10_0000, 0, F_WRITE, 0)).collect();
+        vq.add_desc_chains(&empty, 0).unwrap();
+        assert_eq!(e.process_queue().unwrap(), 256, "256 < the per-pass budget");
+        assert!(!e.wake_pending());
     }
 
     #[test]
