@@ -148,6 +148,12 @@ impl<B: VsockBackend> Vsock<B> {
                             0
                         })
                     }
+                    None if cap == 0 => {
+                        // Only data is waiting and this buffer has room for the header
+                        // alone: return it unused (the guest drops a used buffer shorter
+                        // than a header) so the buffers behind it can carry the data.
+                        0
+                    }
                     None => {
                         // Nothing to send after all: give the buffer back.
                         queue.go_to_previous_position();

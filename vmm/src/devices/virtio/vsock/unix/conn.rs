@@ -200,7 +200,10 @@ impl Conn {
     }
 
     /// The next packet for the guest; data is read from the host socket into `buf`,
-    /// never more than the guest's credit.
+    /// never more than the guest's credit. An empty `buf` (an rx buffer with room for the
+    /// header only) can carry no data: the host socket is not read (a zero-byte read
+    /// would look like EOF), only a data-less packet is returned, and the data waits for
+    /// the next buffer.
     pub fn recv_pkt(&mut self, guest_cid: u64, buf: &mut [u8]) -> Recv {
         if self.owed.request {
             self.owed.request = false;
@@ -210,7 +213,7 @@ impl Conn {
             self.owed.response = false;
             return Recv::Packet(self.header(guest_cid, op::RESPONSE), 0);
         }
-        if self.can_read_host() {
+        if self.can_read_host() && !buf.is_empty() {
             let max = buf.len().min(self.peer_credit() as usize);
             match (&self.stream).read(&mut buf[..max]) {
                 Ok(0) => {
@@ -455,6 +458,28 @@ mod tests {
         assert!(c.wants_rx());
         let mut small = [0u8; 7];
         assert!(matches!(c.recv_pkt(3, &mut small), Recv::Packet(_, 7)));
+    }
+
+    #[test]
+    fn a_header_only_buffer_never_reads_the_host_socket() {
+        let (mut c, mut other) = established(100);
+        let mut buf = [0u8; 64];
+        assert!(matches!(c.recv_pkt(3, &mut buf), Recv::Packet(h, 0) if h.op == op::RESPONSE));
+        other.write_all(b"data").unwrap();
+        assert_eq!(c.on_event(EventSet::IN), Action::Keep);
+        // No room for data: nothing to send, and no EOF (no OP_SHUTDOWN) either.
+        assert!(matches!(c.recv_pkt(3, &mut []), Recv::Nothing));
+        assert!(c.wants_rx(), "the data is still waiting");
+        assert!(!c.rx_closed);
+        // A data-less packet that is owed still goes out in a header-only buffer.
+        c.owed.credit_update = true;
+        assert!(matches!(c.recv_pkt(3, &mut []), Recv::Packet(h, 0) if h.op == op::CREDIT_UPDATE));
+        // The next real buffer gets the data.
+        match c.recv_pkt(3, &mut buf) {
+            Recv::Packet(h, 4) => assert_eq!(h.op, op::RW),
+            other => panic!("expected 4 data bytes, got {other:?}"),
+        }
+        assert_eq!(&buf[..4], b"data");
     }
 
     #[test]

@@ -10,8 +10,17 @@
 //!
 //! Everything is non-blocking and bounded: [`MAX_CONNECTIONS`] connections (pending
 //! clients included), a [`CONNECT_LINE_MAX`]-byte command line read within
-//! [`CONNECT_TIMEOUT`], [`conn::CONN_BUF_SIZE`] bytes buffered per connection and
+//! [`CONNECT_TIMEOUT`], [`conn::CONN_BUF_SIZE`] bytes buffered per connection,
+//! [`BUF_BUDGET`] bytes buffered over all connections of the VMM, and
 //! [`MAX_PENDING_RST`] queued resets.
+//!
+//! The buffer budget: guest data waits in a connection's buffer while its host socket
+//! does not read, up to the credit we advertise (`buf_alloc` = [`conn::CONN_BUF_SIZE`]);
+//! a guest that sends more is reset. Every connection reserves that much of
+//! [`BUF_BUDGET`] when it is made, so the total is bounded and a guest that respects its
+//! credit never loses data. When the budget cannot back one more connection, new ones
+//! are refused: a guest request gets OP_RST, a host client that finished its `CONNECT`
+//! line is closed (as for a refused port). Clients still typing hold no buffer.
 
 pub mod conn;
 mod sys;
@@ -38,6 +47,9 @@ use crate::devices::virtio::ratelimit::warn_limited;
 
 /// Most connections (established, connecting, and clients still sending their command).
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Most guest data held for host sockets over all connections (each reserves
+/// [`conn::CONN_BUF_SIZE`], so at most 128 connections by default).
+pub const BUF_BUDGET: usize = 32 * 1024 * 1024;
 /// Longest `CONNECT <port>\n` line accepted.
 pub const CONNECT_LINE_MAX: usize = 32;
 /// Time a host client has to send its command, and the guest to answer a request.
@@ -75,6 +87,7 @@ pub struct VsockUnixBackend {
     changes: Vec<EpollChange>,
     closed: Vec<UnixStream>,
     max_connections: usize,
+    buf_budget: usize,
 }
 
 /// A timerfd whose read never blocks (it may be disarmed between epoll reporting it
@@ -147,6 +160,7 @@ impl VsockUnixBackend {
             changes: Vec::new(),
             closed: Vec::new(),
             max_connections: MAX_CONNECTIONS,
+            buf_budget: BUF_BUDGET,
         })
     }
 
@@ -172,8 +186,23 @@ impl VsockUnixBackend {
         self.max_connections = max.min(MAX_CONNECTIONS);
     }
 
+    /// Lower the buffer budget (tests use it to reach the limit cheaply).
+    pub fn set_buf_budget(&mut self, bytes: usize) {
+        self.buf_budget = bytes.min(BUF_BUDGET);
+    }
+
+    /// Bytes of guest data buffered for host sockets over all connections.
+    pub fn buffered_total(&self) -> usize {
+        self.conns.values().map(Conn::buffered).sum()
+    }
+
     fn at_capacity(&self) -> bool {
         self.conns.len() + self.pending.len() >= self.max_connections
+    }
+
+    /// Whether the buffer budget cannot back one more connection.
+    fn budget_exhausted(&self) -> bool {
+        (self.conns.len() + 1).saturating_mul(conn::CONN_BUF_SIZE as usize) > self.buf_budget
     }
 
     fn queue_rst(&mut self, hdr: VsockHeader) {
@@ -329,6 +358,11 @@ impl VsockUnixBackend {
             return;
         };
         self.changes.push(EpollChange::Remove(fd));
+        if self.budget_exhausted() {
+            warn_limited!("vsock: buffer budget exhausted; host client for port {port} refused");
+            self.closed.push(p.stream);
+            return;
+        }
         let Some(local_port) = self.alloc_local_port(port) else {
             self.closed.push(p.stream);
             return;
@@ -344,8 +378,10 @@ impl VsockUnixBackend {
             self.remove(key, true);
             return;
         }
-        if self.at_capacity() {
-            warn_limited!("vsock: connection limit reached; guest request refused");
+        if self.at_capacity() || self.budget_exhausted() {
+            warn_limited!(
+                "vsock: connection limit or buffer budget reached; guest request refused"
+            );
             self.queue_rst(hdr.rst_reply());
             return;
         }
@@ -474,10 +510,17 @@ impl VsockBackend for VsockUnixBackend {
     }
 
     fn recv_pkt(&mut self, buf: &mut [u8]) -> Option<(VsockHeader, usize)> {
+        // Each queued connection is asked at most once per call: one that has only data
+        // to send while `buf` is empty stays queued (at the back) for a later buffer.
+        let mut turns = self.rx_queue.len();
         loop {
             if let Some(rst) = self.rst_queue.pop_front() {
                 return Some((rst, 0));
             }
+            if turns == 0 {
+                return None;
+            }
+            turns -= 1;
             let key = self.rx_queue.pop_front()?;
             let Some(c) = self.conns.get_mut(&key) else {
                 continue;

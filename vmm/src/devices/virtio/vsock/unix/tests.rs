@@ -856,3 +856,102 @@ fn writing_to_a_vanished_host_peer_fails_with_epipe() {
     let err = super::sys::send_nosignal(&a, b"x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EPIPE));
 }
+
+#[test]
+fn header_only_rx_buffer_is_not_taken_as_eof() {
+    let mut h = Harness::new("hdronly");
+    h.give_rx(1, 4096);
+    let listener = UnixListener::bind(format!("{}_6010", h.uds.display())).unwrap();
+    h.send(hdr(1234, 6010, op::REQUEST), &[]);
+    assert_eq!(h.recv()[0].0.op, op::RESPONSE);
+    let (mut stream, _) = listener.accept().unwrap();
+    stream.write_all(b"world").unwrap();
+    h.run();
+    // The guest offers a buffer with room for the header only: it comes back unused
+    // (length 0) and the connection lives on.
+    h.give_rx(1, HDR_SIZE as u32);
+    let used = h.used(RXQ);
+    assert_eq!(used.len(), 1);
+    assert!(
+        used[0].1.is_empty(),
+        "header-only buffer used with {:?}",
+        used[0].1
+    );
+    assert_eq!(h.connections(), 1, "the connection was shut down");
+    // The next real buffer carries the data; no OP_SHUTDOWN was ever sent.
+    h.give_rx(1, 4096);
+    let pkts = h.recv();
+    assert_eq!(pkts.len(), 1);
+    assert_eq!(
+        (pkts[0].0.op, pkts[0].1.as_slice()),
+        (op::RW, &b"world"[..])
+    );
+    // Host-side EOF still works afterwards.
+    drop(stream);
+    h.give_rx(1, 4096);
+    h.run();
+    let pkts = h.recv();
+    assert_eq!(
+        (pkts[0].0.op, pkts[0].0.flags),
+        (op::SHUTDOWN, SHUTDOWN_SEND)
+    );
+}
+
+#[test]
+fn buffer_budget_bounds_total_buffering_and_refuses_new_connections() {
+    let mut h = Harness::new("budget");
+    let budget = 2 * CONN_BUF_SIZE as usize;
+    h.dev.lock().unwrap().backend_mut().set_buf_budget(budget);
+    h.give_rx(16, 4096);
+    let l = UnixListener::bind(format!("{}_6020", h.uds.display())).unwrap();
+    h.send(hdr(1, 6020, op::REQUEST), &[]);
+    h.send(hdr(2, 6020, op::REQUEST), &[]);
+    let pkts = h.recv();
+    assert_eq!(
+        pkts.iter().map(|p| p.0.op).collect::<Vec<_>>(),
+        [op::RESPONSE, op::RESPONSE]
+    );
+    // Neither host socket reads: the guest fills both buffers up to its credit.
+    let (_s1, _) = l.accept().unwrap();
+    let (_s2, _) = l.accept().unwrap();
+    let chunk = vec![7u8; 60 * 1024];
+    for port in [1, 2] {
+        for _ in 0..(CONN_BUF_SIZE as usize * 2 / chunk.len()) {
+            h.send(hdr(port, 6020, op::RW), &chunk);
+            if h.dev
+                .lock()
+                .unwrap()
+                .backend()
+                .buffered(6020, port)
+                .unwrap_or(0)
+                + chunk.len()
+                > CONN_BUF_SIZE as usize
+            {
+                break;
+            }
+        }
+    }
+    let total = h.dev.lock().unwrap().backend().buffered_total();
+    assert!(total > 0 && total <= budget, "buffered {total} of {budget}");
+    assert_eq!(h.connections(), 2);
+    // Budget used up: a third guest request is refused with RST ...
+    h.recv();
+    h.send(hdr(3, 6020, op::REQUEST), &[]);
+    let pkts = h.recv();
+    assert_eq!((pkts[0].0.op, pkts[0].0.dst_port), (op::RST, 3));
+    // ... and a host client is closed after its command, with no request to the guest.
+    let mut c = UnixStream::connect(&h.uds).unwrap();
+    c.write_all(b"CONNECT 5000\n").unwrap();
+    h.run();
+    assert_eof(&mut c);
+    assert!(
+        h.recv().is_empty(),
+        "nothing sent to the guest for a refused client"
+    );
+    // One connection goes: a new one fits again.
+    h.send(hdr(1, 6020, op::RST), &[]);
+    h.send(hdr(4, 6020, op::REQUEST), &[]);
+    let pkts = h.recv();
+    assert_eq!((pkts[0].0.op, pkts[0].0.dst_port), (op::RESPONSE, 4));
+    assert!(h.dev.lock().unwrap().backend().buffered_total() <= budget);
+}
