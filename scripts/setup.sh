@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs every Debian package husk needs to build, test and benchmark.
+# Installs every Debian package husk needs to build, test and benchmark, and the nightly
+# Rust toolchain the fuzz targets build with.
 # Idempotent: packages already installed are skipped; apt runs only when something is missing.
 # Uses sudo only when not root. Safe to run without a terminal (CI=true, no stdin).
 set -euo pipefail
@@ -44,6 +45,18 @@ lists_fresh() {
   [ -n "$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -mtime -7 2>/dev/null | head -n 1)" ] &&
     apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$' 2>/dev/null | grep -q .
 }
+
+# The fuzz targets (vmm/fuzz; scripts/test builds them and runs each briefly) need a
+# nightly toolchain for libFuzzer's coverage instrumentation; cargo-fuzz is not needed.
+# Installed only when missing, with rustup's minimal profile.
+if command -v rustup >/dev/null 2>&1; then
+  if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    echo "setup: installing the nightly Rust toolchain (minimal profile) for the fuzz targets"
+    rustup toolchain install nightly --profile minimal
+  fi
+else
+  echo "setup: rustup not found; the fuzz step of scripts/test needs a nightly toolchain" >&2
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
   if ! lists_fresh; then

@@ -1,11 +1,12 @@
-//! Peer boot e2e test: the guest kernel from kernel-config boots under QEMU's microvm
-//! machine with the `peer-init.cpio` fixture, whose init prints a marker and reboots.
-//! It proves the kernel, the fixture pipeline and the KVM host work, independent of
-//! husk's own VMM, and gives the peer's boot-to-marker time.
+//! Peer boot figure (not a test): the guest kernel from kernel-config boots under QEMU's
+//! microvm machine with the `peer-init.cpio` fixture, whose init prints a marker and
+//! reboots; it prints the peer's boot-to-marker time beside husk's
+//! (`vmm_boot.rs`'s figure). The function is `#[ignore]`d: scripts/test runs ignored e2e
+//! functions in its figures pass, which is not counted in `e2e: N passed, N failed`.
 //!
 //! Needs a hardware-virt KVM host (run it through `husk-testhost`), `HUSK_KERNEL` and
-//! the fixture; it fails, never skips, when any is missing. `HUSK_PEER_BOOT_RUNS=N`
-//! boots N times and prints the median.
+//! the fixture; the figure fails (never skips) when any is missing or a boot fails.
+//! `HUSK_PEER_BOOT_RUNS=N` (default 3) boots N times and prints the median.
 
 use std::process::Command;
 use std::time::Duration;
@@ -59,18 +60,18 @@ fn boot_once() -> Result<(Duration, String), E2eError> {
 }
 
 #[test]
-fn peer_qemu_microvm_boots_guest_kernel_to_init_marker() {
+#[ignore = "figure, not a test: scripts/test runs it in its figures pass (--ignored)"]
+fn figure_peer_qemu_microvm_boot_to_init_marker() {
     let kvm = e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
     eprintln!("KVM: {}", kvm.reason);
     let runs: usize = std::env::var("HUSK_PEER_BOOT_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1)
+        .unwrap_or(3)
         .max(1);
     let mut times = Vec::new();
     for i in 1..=runs {
         let (t, line) = boot_once().unwrap_or_else(|e| panic!("peer boot {i}/{runs} failed: {e}"));
-        assert!(line.contains(MARKER));
         println!(
             "peer boot {i}/{runs}: QEMU microvm start -> init marker {:.3} s ({line})",
             t.as_secs_f64()

@@ -1,5 +1,7 @@
 //! A tiny static init for boot tests: prints `HUSK-TEST-INIT: hello from the guest`
-//! (plus the guest's uptime) on /dev/console, then reboots the guest. With the kernel
+//! (plus the guest's uptime) on /dev/console, writes the boot-ready marker (0x7b to I/O
+//! port 0x440, which husk timestamps as "guest ready"; a VMM without that port, such as
+//! QEMU microvm, ignores the write), then reboots the guest. With the kernel
 //! command line `reboot=t` the reboot is a triple fault, which ends QEMU `-no-reboot`
 //! and any VMM that treats a shutdown exit as the end of the guest.
 
@@ -21,6 +23,24 @@ fn uptime() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
+/// husk's boot-ready marker port and value (the agent writes the same when it is ready).
+const READY_PORT: u16 = 0x440;
+const READY_VALUE: u8 = 0x7b;
+
+fn write_ready_marker() -> std::io::Result<()> {
+    // SAFETY: ioperm(2) only changes this process's I/O permission bitmap.
+    if unsafe { libc::ioperm(libc::c_ulong::from(READY_PORT), 1, 1) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: ioperm granted exactly this port; one byte out to the VMM's marker port
+    // touches no memory.
+    unsafe {
+        std::arch::asm!("out dx, al", in("dx") READY_PORT, in("al") READY_VALUE,
+            options(nomem, nostack, preserves_flags));
+    }
+    Ok(())
+}
+
 fn main() {
     let line = format!("{MARKER} (uptime {:.3} s)\n", uptime());
     match std::fs::OpenOptions::new().write(true).open("/dev/console") {
@@ -30,6 +50,9 @@ fn main() {
         Err(_) => {
             let _ = std::io::stdout().write_all(line.as_bytes());
         }
+    }
+    if let Err(e) = write_ready_marker() {
+        eprintln!("husk-test-peer-init: cannot write the ready marker: {e}");
     }
     // SAFETY: sync(2) takes no arguments and cannot fail.
     unsafe { libc::sync() };
