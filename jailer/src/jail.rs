@@ -166,7 +166,13 @@ fn prepare_and_spawn(
     }
     // Recorded before the write: in a pre-staged root it is the only trace of it.
     cleanup.push(Undo::File(paths.pid_file.clone()));
-    if let Err(e) = std::fs::write(&paths.pid_file, format!("{pid}\n")) {
+    // create_new: never follow a symlink or reuse a file in the root the VMM's uid owns.
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&paths.pid_file)
+        .and_then(|mut f| f.write_all(format!("{pid}\n").as_bytes()));
+    if let Err(e) = written {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(pid, libc::SIGKILL) };
         let _ = wait_child(pid, false);
