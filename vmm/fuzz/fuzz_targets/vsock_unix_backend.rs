@@ -1,6 +1,7 @@
 //! Fuzz the hybrid Unix vsock backend's connection state machine with arbitrary guest
-//! packets (real Unix sockets behind it: listeners on `<uds>_1` and `<uds>_2`, one of
-//! which echoes nothing and one of which is never accepted). The backend must never
+//! packets (real Unix sockets behind it: listeners on `<uds>_1` and `<uds>_2`; the first
+//! accepts each connection and sends 16 bytes of host data on it, the second is never
+//! accepted). The backend must never
 //! panic, and every packet it hands the guest must be well formed: from the host CID to
 //! the guest CID, stream type, payload within the buffer it was given. The guest's rx
 //! buffers vary from 0 bytes of payload room (a header-only rx chain) up: since no host
@@ -9,7 +10,8 @@
 //! so the fuzzer reaches it, and the total buffered must stay within it.
 #![no_main]
 
-use std::os::unix::net::UnixListener;
+use std::io::Write;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use event_manager::EventSet;
@@ -34,7 +36,10 @@ fuzz_target!(|data: &[u8]| {
     b.set_max_connections(8);
     const BUDGET: usize = 3 * 256 * 1024;
     b.set_buf_budget(BUDGET);
-    let _l1 = UnixListener::bind(format!("{}_1", uds.display())).unwrap();
+    let l1 = UnixListener::bind(format!("{}_1", uds.display())).unwrap();
+    l1.set_nonblocking(true).unwrap();
+    // Host ends of accepted connections: kept open (no host peer ever closes).
+    let mut host_ends: Vec<UnixStream> = Vec::new();
     let _l2 = UnixListener::bind(format!("{}_2", uds.display())).unwrap();
     let mut watched: Vec<i32> = Vec::new();
     let mut buf = vec![0u8; 512];
@@ -75,6 +80,11 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         b.drop_closed();
+        while let Ok((s, _)) = l1.accept() {
+            let _ = s.set_nonblocking(true);
+            let _ = (&s).write_all(b"host data 16 byt");
+            host_ends.push(s);
+        }
         let cap = usize::from(rec[8] >> 1).min(buf.len());
         let mut count = 0;
         while b.has_pending_rx() && count < 64 {
