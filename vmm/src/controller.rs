@@ -370,6 +370,11 @@ impl Controller {
         self.sender.clone()
     }
 
+    /// The stop signal (a stop request ends [`Controller::run`]).
+    pub fn stop_signal(&self) -> &StopSignal {
+        &self.stop
+    }
+
     /// The eventfd termination signals write to ([`crate::signals`]).
     pub fn signal_eventfd(&self) -> &EventFd {
         &self.signal_evt

@@ -228,6 +228,26 @@ mod tests {
     }
 
     #[test]
+    fn a_named_pipe_opens_without_a_reader_and_a_full_pipe_never_blocks() {
+        let path = std::env::temp_dir().join(format!("husk-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let cfg = MetricsConfig {
+            metrics_path: path.clone(),
+            emit_id: None,
+            properties: None,
+        };
+        let mut sink = MetricsSink::open(&cfg, "x").unwrap();
+        // Nobody reads: the pipe fills up (64 KiB) and writes fail instead of blocking.
+        let big = json!({ "pad": "x".repeat(4096) });
+        let failed = (0..64).any(|_| sink.write(big.clone()).is_err());
+        assert!(failed, "a full pipe must refuse writes, not block");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
     fn sink_writes_one_json_object_per_line() {
         let dir = std::env::temp_dir().join(format!("husk-metrics-{}", std::process::id()));
         let _ = std::fs::remove_file(&dir);

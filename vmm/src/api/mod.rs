@@ -281,3 +281,76 @@ impl ApiServer {
         http::response(status, body.as_deref())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::{Controller, ControllerOptions};
+    use crate::stop::StopReason;
+
+    fn exchange(path: &Path, bytes: &[u8]) -> String {
+        let mut s = UnixStream::connect(path).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        s.write_all(bytes).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn idle_clients_do_not_block_others_and_bad_http_gets_400() {
+        let path = std::env::temp_dir().join(format!("husk-api-unit-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let mut c = Controller::new(ControllerOptions {
+            seccomp: false,
+            ..ControllerOptions::default()
+        })
+        .unwrap();
+        ApiServer::bind(&path, c.sender(), 1024)
+            .unwrap()
+            .spawn(false)
+            .unwrap();
+        assert!(matches!(
+            ApiServer::bind(&path, c.sender(), 1024),
+            Err(ApiServerError::Exists(_))
+        ));
+        let stop = c.stop_signal().try_clone().unwrap();
+        let p = path.clone();
+        let client = std::thread::spawn(move || {
+            // Two clients that never finish a request stay connected meanwhile.
+            let idle = UnixStream::connect(&p).unwrap();
+            let mut half = UnixStream::connect(&p).unwrap();
+            half.write_all(b"PUT /vm HTTP/1.1\r\nContent-Length: 30\r\n\r\n{")
+                .unwrap();
+            let ok = exchange(&p, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+            let bad = exchange(&p, b"\x00garbage\r\n\r\n");
+            let big = exchange(&p, b"PUT /logger HTTP/1.1\r\nContent-Length: 5000\r\n\r\n");
+            let unknown = exchange(&p, b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n");
+            // Two requests on one connection (keep-alive), the second closes it.
+            let two = exchange(
+                &p,
+                b"GET /version HTTP/1.1\r\n\r\nPATCH /vm HTTP/1.1\r\nContent-Length: 19\r\nConnection: close\r\n\r\n{\"state\": \"Paused\"}",
+            );
+            drop((idle, half));
+            stop.stop(StopReason::Reset);
+            (ok, bad, big, unknown, two)
+        });
+        assert_eq!(c.run().unwrap(), StopReason::Reset);
+        let (ok, bad, big, unknown, two) = client.join().unwrap();
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        assert!(ok.contains("\"state\":\"Not started\""), "{ok}");
+        assert!(bad.starts_with("HTTP/1.1 400 "), "{bad}");
+        assert!(bad.contains("fault_message"), "{bad}");
+        assert!(big.contains("larger than the limit of 1024"), "{big}");
+        assert!(
+            unknown.contains("Invalid request method and/or path: GET /x."),
+            "{unknown}"
+        );
+        assert_eq!(two.matches("HTTP/1.1 ").count(), 2, "{two}");
+        assert!(two.contains("firecracker_version"), "{two}");
+        assert!(two.contains("before starting the microVM"), "{two}");
+        assert!(METRICS.api.bad_http.get() >= 2);
+        let _ = std::fs::remove_file(&path);
+    }
+}
