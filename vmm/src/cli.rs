@@ -157,6 +157,9 @@ pub struct RunArgs {
     /// Disable the seccomp filters (debugging only).
     #[arg(long)]
     pub no_seccomp: bool,
+    /// Also serve Firecracker's REST API on this Unix socket (pause, resume, metrics).
+    #[arg(long)]
+    pub api_sock: Option<PathBuf>,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -267,10 +270,12 @@ fn controller_for(opts: ControllerOptions) -> Result<Controller, CliError> {
     Ok(controller)
 }
 
-/// Boot `res` (`husk run`) and run it to the end; returns why it stopped.
+/// Boot `res` (`husk run`) and run it to the end, serving the API on `api_sock` if
+/// given; returns why it stopped.
 pub fn boot_and_run(
     res: &VmResources,
     boot_timeout: Option<Duration>,
+    api_sock: Option<&std::path::Path>,
 ) -> Result<StopReason, CliError> {
     let mut controller = controller_for(ControllerOptions {
         console: res.console.clone(),
@@ -280,8 +285,22 @@ pub fn boot_and_run(
         ..ControllerOptions::default()
     })?;
     res.validate()?;
-    controller.start_with(res).map_err(unwrap_build)?;
-    Ok(controller.run()?)
+    if let Some(path) = api_sock {
+        ApiServer::bind(
+            path,
+            controller.sender(),
+            crate::api::http::DEFAULT_MAX_PAYLOAD,
+        )?
+        .spawn(res.seccomp)?;
+    }
+    let result = controller
+        .start_with(res)
+        .map_err(unwrap_build)
+        .and_then(|()| Ok(controller.run()?));
+    if let Some(path) = api_sock {
+        let _ = std::fs::remove_file(path);
+    }
+    result
 }
 
 /// A build error keeps its own variant (and message) on the command line.
@@ -382,6 +401,7 @@ pub fn run_main(args: Vec<String>) -> Result<i32, CliError> {
             let reason = boot_and_run(
                 &run.to_resources(),
                 run.boot_timeout_secs.map(Duration::from_secs),
+                run.api_sock.as_deref(),
             )?;
             Ok(report(&reason))
         }

@@ -801,6 +801,18 @@ mod tests {
     }
 
     #[test]
+    fn sigterm_stops_the_event_loop_with_status_143() {
+        let mut c = controller();
+        crate::signals::install_term_handlers(c.signal_eventfd()).unwrap();
+        // SAFETY: raising a signal whose handler was just installed (it only records
+        // the signal and writes an eventfd).
+        assert_eq!(unsafe { libc::raise(libc::SIGTERM) }, 0);
+        let reason = c.run().unwrap();
+        assert_eq!(reason, StopReason::Signal(libc::SIGTERM));
+        assert_eq!(reason.exit_code(), 143);
+    }
+
+    #[test]
     fn metrics_flush_writes_devices_vcpu_and_api_sections() {
         let mut c = controller();
         let path = std::env::temp_dir().join(format!("husk-ctl-metrics-{}", std::process::id()));
