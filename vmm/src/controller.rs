@@ -9,167 +9,26 @@
 //! command line; each action gets exactly one [`ActionResult`] back.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use event_manager::{EventOps, Events, MutEventSubscriber, SubscriberOps};
-use serde::Serialize;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::builder::{build_microvm_for_boot, BuildError, ConsoleConfig};
-use crate::config::{
-    BootSource, EntropySection, LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig,
-    VmConfig, VsockSection,
-};
+use crate::config::{BootSource, EntropySection, MachineConfig, VmConfig, VsockSection};
 use crate::metrics::MetricsSink;
 use crate::stop::{StopReason, StopSignal};
 use crate::vmm::Vmm;
 use crate::EventManager;
 
-/// A request to the controller. Snapshot actions (create, load) join this enum with
-/// the snapshot work; each is one variant with its body type, answered like the rest.
-#[derive(Debug, Clone, PartialEq)]
-pub enum VmmAction {
-    /// `GET /`.
-    GetInstanceInfo,
-    /// `GET /version`.
-    GetVersion,
-    /// `GET /vm/config`.
-    GetVmConfig,
-    /// `GET /machine-config`.
-    GetMachineConfig,
-    /// `PUT /boot-source` (pre-boot).
-    PutBootSource(BootSource),
-    /// `PUT /machine-config` (pre-boot).
-    PutMachineConfig(MachineConfig),
-    /// `PATCH /machine-config` (pre-boot).
-    PatchMachineConfig(MachineConfigUpdate),
-    /// `PUT /vsock` (pre-boot).
-    PutVsock(VsockSection),
-    /// `PUT /entropy` (pre-boot).
-    PutEntropy(EntropySection),
-    /// `PUT /logger` (pre-boot).
-    PutLogger(LoggerConfig),
-    /// `PUT /metrics` (pre-boot, once).
-    PutMetrics(MetricsConfig),
-    /// `PUT /actions` InstanceStart (pre-boot).
-    InstanceStart,
-    /// `PUT /actions` SendCtrlAltDel (refused: husk's i8042 has no keyboard).
-    SendCtrlAltDel,
-    /// `PUT /actions` FlushMetrics.
-    FlushMetrics,
-    /// `PATCH /vm` Paused (post-boot).
-    Pause,
-    /// `PATCH /vm` Resumed (post-boot).
-    Resume,
-}
-
-impl VmmAction {
-    /// Whether the action only makes sense before the guest starts.
-    pub fn is_pre_boot_only(&self) -> bool {
-        matches!(
-            self,
-            VmmAction::PutBootSource(_)
-                | VmmAction::PutMachineConfig(_)
-                | VmmAction::PatchMachineConfig(_)
-                | VmmAction::PutVsock(_)
-                | VmmAction::PutEntropy(_)
-                | VmmAction::PutLogger(_)
-                | VmmAction::PutMetrics(_)
-                | VmmAction::InstanceStart
-        )
-    }
-
-    /// Whether the action needs a running guest.
-    pub fn is_post_boot_only(&self) -> bool {
-        matches!(
-            self,
-            VmmAction::Pause | VmmAction::Resume | VmmAction::SendCtrlAltDel
-        )
-    }
-}
-
-/// `GET /` (Firecracker's `InstanceInfo`).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct InstanceInfo {
-    /// The microVM id (`--id`, default `anonymous-instance`).
-    pub id: String,
-    /// `Not started`, `Running` or `Paused`.
-    pub state: &'static str,
-    /// husk's version.
-    pub vmm_version: &'static str,
-    /// `husk`.
-    pub app_name: &'static str,
-}
-
-/// What a successful action returns.
-#[derive(Debug, Clone, PartialEq)]
-pub enum VmmData {
-    /// Nothing (204).
-    Empty,
-    /// `GET /`.
-    InstanceInfo(InstanceInfo),
-    /// `GET /version`.
-    Version(&'static str),
-    /// `GET /machine-config`.
-    MachineConfig(MachineConfig),
-    /// `GET /vm/config`.
-    VmConfig(serde_json::Value),
-}
-
-/// Why an action failed; the message is the API's `fault_message`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ActionError {
-    /// A pre-boot-only action after boot.
-    #[error("The requested operation is not supported after starting the microVM: {0} configures the boot and is accepted only before InstanceStart.")]
-    NotSupportedPostBoot(&'static str),
-    /// A post-boot-only action before boot.
-    #[error("The requested operation is not supported before starting the microVM: {0} needs a running guest (send InstanceStart first).")]
-    NotSupportedPreBoot(&'static str),
-    /// A value that is invalid or that husk does not support.
-    #[error("{0}")]
-    Invalid(String),
-    /// The action failed.
-    #[error("{0}")]
-    Failed(String),
-}
-
-/// The result of one action.
-pub type ActionResult = Result<VmmData, ActionError>;
-
-/// One action with the channel its result goes back on.
-#[derive(Debug)]
-pub struct ActionRequest {
-    /// The action.
-    pub action: VmmAction,
-    /// Where the result goes.
-    pub reply: Sender<ActionResult>,
-}
-
-/// The sending side of the action channel (the API thread holds one).
-#[derive(Debug, Clone)]
-pub struct ActionSender {
-    tx: Sender<ActionRequest>,
-    evt: Arc<EventFd>,
-}
-
-impl ActionSender {
-    /// Send `action`, wake the controller and wait for its result.
-    pub fn request(&self, action: VmmAction) -> ActionResult {
-        let (reply, rx) = channel();
-        self.tx
-            .send(ActionRequest { action, reply })
-            .map_err(|_| ActionError::Failed("the VMM is shutting down".into()))?;
-        self.evt
-            .write(1)
-            .map_err(|e| ActionError::Failed(format!("cannot wake the VMM thread: {e}")))?;
-        rx.recv()
-            .map_err(|_| ActionError::Failed("the VMM stopped before answering".into()))?
-    }
-}
+use action::action_name;
+pub use action::{
+    ActionError, ActionRequest, ActionResult, ActionSender, InstanceInfo, VmmAction, VmmData,
+};
 
 const WAKE_ACTION: u32 = 1;
 const WAKE_STOP: u32 = 2;
@@ -665,28 +524,6 @@ impl Controller {
     }
 }
 
-/// The request that carries `action`, for messages.
-fn action_name(action: &VmmAction) -> &'static str {
-    match action {
-        VmmAction::PutBootSource(_) => "PUT /boot-source",
-        VmmAction::PutMachineConfig(_) => "PUT /machine-config",
-        VmmAction::PatchMachineConfig(_) => "PATCH /machine-config",
-        VmmAction::PutVsock(_) => "PUT /vsock",
-        VmmAction::PutEntropy(_) => "PUT /entropy",
-        VmmAction::PutLogger(_) => "PUT /logger",
-        VmmAction::PutMetrics(_) => "PUT /metrics",
-        VmmAction::InstanceStart => "InstanceStart",
-        VmmAction::SendCtrlAltDel => "SendCtrlAltDel",
-        VmmAction::FlushMetrics => "FlushMetrics",
-        VmmAction::Pause => "PATCH /vm (Paused)",
-        VmmAction::Resume => "PATCH /vm (Resumed)",
-        VmmAction::GetInstanceInfo => "GET /",
-        VmmAction::GetVersion => "GET /version",
-        VmmAction::GetVmConfig => "GET /vm/config",
-        VmmAction::GetMachineConfig => "GET /machine-config",
-    }
-}
-
 fn source_text(e: &dyn std::error::Error) -> String {
     e.source().map(|s| s.to_string()).unwrap_or_default()
 }
@@ -703,142 +540,6 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+mod action;
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn controller() -> Controller {
-        Controller::new(ControllerOptions {
-            seccomp: false,
-            ..ControllerOptions::default()
-        })
-        .unwrap()
-    }
-
-    #[test]
-    fn pre_boot_configuration_is_recorded_and_validated() {
-        let mut c = controller();
-        assert_eq!(
-            c.handle(VmmAction::GetMachineConfig),
-            Ok(VmmData::MachineConfig(MachineConfig::default()))
-        );
-        c.handle(VmmAction::PatchMachineConfig(MachineConfigUpdate {
-            vcpu_count: Some(2),
-            ..Default::default()
-        }))
-        .unwrap();
-        let e = c
-            .handle(VmmAction::PatchMachineConfig(MachineConfigUpdate {
-                vcpu_count: Some(0),
-                ..Default::default()
-            }))
-            .unwrap_err();
-        assert!(e.to_string().contains("vcpu_count 0"), "{e}");
-        match c.handle(VmmAction::GetMachineConfig).unwrap() {
-            VmmData::MachineConfig(m) => {
-                assert_eq!(m.vcpu_count, 2, "a failed patch changes nothing")
-            }
-            other => panic!("{other:?}"),
-        }
-        let e = c
-            .handle(VmmAction::PutVsock(VsockSection {
-                guest_cid: 1,
-                uds_path: "/v".into(),
-                vsock_id: None,
-            }))
-            .unwrap_err();
-        assert!(e.to_string().contains("CID 1"));
-        match c.handle(VmmAction::GetInstanceInfo).unwrap() {
-            VmmData::InstanceInfo(i) => {
-                assert_eq!(
-                    (i.state, i.id.as_str(), i.app_name),
-                    ("Not started", "anonymous-instance", "husk")
-                )
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn post_boot_actions_are_refused_before_boot_and_start_needs_a_kernel() {
-        let mut c = controller();
-        let e = c.handle(VmmAction::Pause).unwrap_err();
-        assert!(matches!(
-            e,
-            ActionError::NotSupportedPreBoot("PATCH /vm (Paused)")
-        ));
-        assert!(e.to_string().contains("before starting the microVM"));
-        let e = c.handle(VmmAction::InstanceStart).unwrap_err();
-        assert!(e.to_string().contains("PUT /boot-source first"), "{e}");
-        let e = c.handle(VmmAction::FlushMetrics).unwrap_err();
-        assert!(e.to_string().contains("PUT /metrics first"), "{e}");
-        c.handle(VmmAction::PutBootSource(BootSource {
-            kernel_image_path: "/nonexistent/vmlinux".into(),
-            initrd_path: None,
-            boot_args: None,
-        }))
-        .unwrap();
-        let e = c.handle(VmmAction::InstanceStart).unwrap_err();
-        assert!(e.to_string().contains("/nonexistent/vmlinux"), "{e}");
-        assert!(c.vmm().is_none());
-    }
-
-    #[test]
-    fn actions_over_the_channel_get_one_reply_each() {
-        let mut c = controller();
-        let sender = c.sender();
-        let stop = c.stop.try_clone().unwrap();
-        let client = std::thread::spawn(move || {
-            let v = sender.request(VmmAction::GetVersion);
-            let i = sender.request(VmmAction::Resume);
-            stop.stop(StopReason::Reset);
-            (v, i)
-        });
-        assert_eq!(c.run().unwrap(), StopReason::Reset);
-        let (v, i) = client.join().unwrap();
-        assert_eq!(v, Ok(VmmData::Version(env!("CARGO_PKG_VERSION"))));
-        assert!(matches!(i, Err(ActionError::NotSupportedPreBoot(_))));
-    }
-
-    #[test]
-    fn sigterm_stops_the_event_loop_with_status_143() {
-        let mut c = controller();
-        crate::signals::install_term_handlers(c.signal_eventfd()).unwrap();
-        // SAFETY: raising a signal whose handler was just installed (it only records
-        // the signal and writes an eventfd).
-        assert_eq!(unsafe { libc::raise(libc::SIGTERM) }, 0);
-        let reason = c.run().unwrap();
-        assert_eq!(reason, StopReason::Signal(libc::SIGTERM));
-        assert_eq!(reason.exit_code(), 143);
-    }
-
-    #[test]
-    fn metrics_flush_writes_devices_vcpu_and_api_sections() {
-        let mut c = controller();
-        let path = std::env::temp_dir().join(format!("husk-ctl-metrics-{}", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        c.handle(VmmAction::PutMetrics(MetricsConfig {
-            metrics_path: path.clone(),
-            emit_id: None,
-            properties: None,
-        }))
-        .unwrap();
-        assert!(c
-            .handle(VmmAction::PutMetrics(MetricsConfig {
-                metrics_path: path.clone(),
-                emit_id: None,
-                properties: None,
-            }))
-            .unwrap_err()
-            .to_string()
-            .contains("set once"));
-        c.handle(VmmAction::FlushMetrics).unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
-        assert!(v["vcpu"]["exit_io_out"].is_u64());
-        assert!(v["api_server"]["requests"].is_u64());
-        assert!(v["devices"].is_object());
-        assert!(v["boot"]["ready_after_us"].is_null());
-        let _ = std::fs::remove_file(&path);
-    }
-}
+mod tests;
