@@ -24,6 +24,8 @@ PACKAGES=(
   # jailer tests (ip netns) and measuring seccomp allowlists (strace in the test host)
   iproute2
   strace
+  # the API e2e test's HTTP client (curl --unix-socket)
+  curl
 )
 
 missing=()

@@ -281,13 +281,13 @@ fn husk_boots_from_a_firecracker_config_file() {
 
     // A Firecracker flag husk does not support is refused by name, with status 2.
     let mut bad = Command::new(e2e::bin("husk").unwrap_or_else(|e| panic!("{e}")));
-    bad.args(["--api-sock", "/tmp/fc.sock", "--no-api", "--config-file"])
+    bad.args(["--metadata", "/tmp/m.json", "--no-api", "--config-file"])
         .arg(&path);
     let out = e2e::run_with_timeout(&mut bad, EXIT_TIMEOUT).unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(
         out.stderr_str()
-            .contains("flag --api-sock is not supported by husk (yet)"),
+            .contains("flag --metadata is not supported by husk (yet)"),
         "{}",
         out.stderr_str()
     );

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
-use kvm_ioctls::{IoEventAddress, VmFd};
+use kvm_ioctls::VmFd;
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::{load_cmdline, BzImage, Elf, KernelLoader, KernelLoaderResult};
@@ -19,13 +19,17 @@ use crate::arch::x86_64::layout::{
 };
 use crate::arch::x86_64::mptable::{setup_mptable, MptableError};
 use crate::arch::x86_64::regs::{write_boot_tables, RegsError};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::device_manager::{DeviceManager, DeviceManagerError, LegacyHandle, VirtioHandle};
 use crate::devices::legacy::{BootMarker, ConsoleSink, SerialDevice, I8042, I8042_PORTS};
-use crate::devices::{Bus, BusDevice, BusError};
+use crate::devices::virtio::rng::Entropy;
+use crate::devices::virtio::vsock::Vsock;
 use crate::stop::StopSignal;
-use crate::vmm::{StopListener, Vmm};
+use crate::vmm::Vmm;
 use crate::vstate::memory::{create_guest_memory, register_guest_memory, MemoryError};
 use crate::vstate::vcpu::{Vcpu, VcpuError};
-use crate::vstate::vm::{create_vm, host_kvm_is_pvm, open_kvm, VmError};
+use crate::vstate::vm::{host_kvm_is_pvm, open_kvm, Vm, VmError};
 use crate::{EventManager, GuestMemoryMmap};
 
 /// The default guest command line. `reboot=k` makes `reboot` go through the i8042
@@ -207,18 +211,15 @@ pub enum BuildError {
     /// vCPU setup.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
-    /// Device bus.
-    #[error("device address conflict")]
-    Bus(#[from] BusError),
+    /// Device wiring.
+    #[error(transparent)]
+    Devices(#[from] DeviceManagerError),
     /// An eventfd or other OS resource.
     #[error("cannot {0}")]
     Io(&'static str, #[source] std::io::Error),
     /// KVM device wiring (irqfd/ioeventfd).
     #[error("KVM refused to {0}")]
     Kvm(&'static str, #[source] kvm_ioctls::Error),
-    /// No more virtio-mmio windows/IRQs.
-    #[error("too many virtio devices: husk has room for 19")]
-    TooManyDevices,
     /// A virtio device failed to start.
     #[error("cannot create the {0} device: {1}")]
     Device(&'static str, String),
@@ -288,159 +289,109 @@ fn console_sink(cfg: &ConsoleConfig, stop: StopSignal) -> Result<ConsoleSink, Bu
     Ok(ConsoleSink::new(out, DEFAULT_CONSOLE_LIMIT, Some(stop)))
 }
 
-/// The legacy devices on the port-I/O bus: UART (irqfd on GSI 4), i8042, marker.
-/// Returns the marker's ready timestamp.
+/// The legacy devices on the port-I/O bus: UART (irqfd on GSI 4), i8042, marker (whose
+/// first ready write wakes the controller through `ready_evt`).
 fn attach_legacy_devices(
     vm: &VmFd,
-    io_bus: &mut Bus,
+    devices: &mut DeviceManager,
     res: &VmResources,
     stop: &StopSignal,
+    ready_evt: &EventFd,
 ) -> Result<Arc<std::sync::atomic::AtomicU64>, BuildError> {
-    let irq = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
-        .map_err(|e| BuildError::Io("create the serial interrupt eventfd", e))?;
-    let sink = console_sink(
-        &res.console,
+    let clone_stop = || {
         stop.try_clone()
-            .map_err(|e| BuildError::Io("clone the stop eventfd", e))?,
-    )?;
+            .map_err(|e| BuildError::Io("clone the stop eventfd", e))
+    };
+    let irq = EventFd::new(libc::EFD_NONBLOCK)
+        .map_err(|e| BuildError::Io("create the serial interrupt eventfd", e))?;
+    let sink = console_sink(&res.console, clone_stop()?)?;
     let serial = SerialDevice::new(irq, sink);
     vm.register_irqfd(serial.irq_evt(), SERIAL_IRQ)
         .map_err(|e| BuildError::Kvm("register the serial irqfd", e))?;
-    io_bus.insert(Arc::new(Mutex::new(serial)), u64::from(SERIAL_PORT_BASE), 8)?;
-    let i8042 = I8042::new(
-        stop.try_clone()
-            .map_err(|e| BuildError::Io("clone the stop eventfd", e))?,
-    );
-    io_bus.insert(
-        Arc::new(Mutex::new(i8042)),
-        u64::from(layout::I8042_PORT_BASE),
-        I8042_PORTS,
+    devices.attach_pio(
+        "serial",
+        SERIAL_PORT_BASE,
+        8,
+        Some(SERIAL_IRQ),
+        LegacyHandle::Serial(Arc::new(Mutex::new(serial))),
+        None,
+    )?;
+    devices.attach_pio(
+        "i8042",
+        layout::I8042_PORT_BASE,
+        I8042_PORTS as u16,
+        None,
+        LegacyHandle::I8042(Arc::new(Mutex::new(I8042::new(clone_stop()?)))),
+        None,
     )?;
     let marker = BootMarker::new(res.boot_timer);
     let ready = marker.ready_at();
-    io_bus.insert(
-        Arc::new(Mutex::new(marker)),
-        u64::from(layout::BOOT_MARKER_PORT),
+    let evt = ready_evt
+        .try_clone()
+        .map_err(|e| BuildError::Io("clone the ready eventfd", e))?;
+    devices.attach_pio(
+        "boot-marker",
+        layout::BOOT_MARKER_PORT,
         1,
+        None,
+        LegacyHandle::BootMarker(Arc::new(Mutex::new(marker))),
+        Some((ready.clone(), evt)),
     )?;
     Ok(ready)
 }
 
-/// Wiring for virtio-mmio devices: windows, IRQs and the command line entries.
-pub struct MmioAttacher {
-    next: u32,
-    entries: Vec<String>,
-}
-
-impl MmioAttacher {
-    /// No devices yet.
-    pub fn new() -> Self {
-        Self {
-            next: 0,
-            entries: Vec::new(),
-        }
-    }
-
-    /// Attach a virtio device: its transport goes on the MMIO bus at the next window,
-    /// each queue's eventfd becomes an ioeventfd on QueueNotify (datamatch = queue
-    /// index), its interrupt eventfd an irqfd on the window's GSI, and the device an
-    /// event-manager subscriber. Returns (base, irq).
-    pub fn attach<D>(
-        &mut self,
-        vm: &VmFd,
-        mmio_bus: &mut Bus,
-        em: &mut EventManager,
-        transport: Arc<Mutex<dyn BusDevice>>,
-        device: Arc<Mutex<D>>,
-    ) -> Result<(u64, u32), BuildError>
-    where
-        D: crate::devices::virtio::VirtioDevice + event_manager::MutEventSubscriber + 'static,
-    {
-        let (base, irq) =
-            layout::virtio_mmio_window(self.next).ok_or(BuildError::TooManyDevices)?;
-        {
-            let d = crate::devices::bus::lock(&device);
-            for (i, evt) in d.queue_events().iter().enumerate() {
-                vm.register_ioevent(
-                    evt,
-                    &IoEventAddress::Mmio(base + MMIO_QUEUE_NOTIFY),
-                    i as u32,
-                )
-                .map_err(|e| BuildError::Kvm("register a virtio queue ioeventfd", e))?;
-            }
-            vm.register_irqfd(&d.interrupt().irq_evt, irq)
-                .map_err(|e| BuildError::Kvm("register a virtio irqfd", e))?;
-        }
-        mmio_bus.insert(transport, base, layout::VIRTIO_MMIO_SIZE)?;
-        use event_manager::SubscriberOps;
-        em.add_subscriber(device);
-        self.entries
-            .push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
-        self.next += 1;
-        Ok((base, irq))
-    }
-
-    /// The `virtio_mmio.device=` command line entries for the attached devices.
-    pub fn cmdline_entries(&self) -> &[String] {
-        &self.entries
-    }
-}
-
-impl Default for MmioAttacher {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Offset of the QueueNotify register in a virtio-mmio window.
-pub const MMIO_QUEUE_NOTIFY: u64 = 0x50;
-
 fn attach_virtio_devices(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
-    mmio_bus: &mut Bus,
+    devices: &mut DeviceManager,
     em: &mut EventManager,
     res: &VmResources,
-) -> Result<MmioAttacher, BuildError> {
+) -> Result<(), BuildError> {
     // Fixed order: vsock first (window 0, IRQ 5), then entropy.
-    let mut attacher = MmioAttacher::new();
     if let Some(v) = &res.vsock {
-        use crate::devices::virtio::mmio::MmioTransport;
-        use crate::devices::virtio::vsock::Vsock;
         let dev = Arc::new(Mutex::new(
             Vsock::new(v.guest_cid, v.uds_path.clone())
                 .map_err(|e| BuildError::Device("vsock", e.to_string()))?,
         ));
-        let transport = MmioTransport::new(mem.clone(), dev.clone());
-        attacher.attach(vm, mmio_bus, em, Arc::new(Mutex::new(transport)), dev)?;
+        devices.attach_virtio(vm, mem, em, "vsock", dev.clone(), VirtioHandle::Vsock(dev))?;
     }
     if res.entropy {
-        use crate::devices::virtio::mmio::MmioTransport;
-        use crate::devices::virtio::rng::Entropy;
         let dev = Arc::new(Mutex::new(
             Entropy::new().map_err(|e| BuildError::Device("entropy", e.to_string()))?,
         ));
-        let transport = MmioTransport::new(mem.clone(), dev.clone());
-        attacher.attach(vm, mmio_bus, em, Arc::new(Mutex::new(transport)), dev)?;
+        devices.attach_virtio(
+            vm,
+            mem,
+            em,
+            "entropy",
+            dev.clone(),
+            VirtioHandle::Entropy(dev),
+        )?;
     }
-    Ok(attacher)
+    Ok(())
 }
 
-fn build_cmdline(res: &VmResources, virtio: &MmioAttacher) -> Result<Cmdline, BuildError> {
+fn build_cmdline(res: &VmResources, virtio_entries: &[String]) -> Result<Cmdline, BuildError> {
     let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(BuildError::Cmdline)?;
     cmdline
         .insert_str(res.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE))
         .map_err(BuildError::Cmdline)?;
-    for e in virtio.cmdline_entries() {
+    for e in virtio_entries {
         cmdline.insert_str(e).map_err(BuildError::Cmdline)?;
     }
     Ok(cmdline)
 }
 
 /// Build a VM ready to boot, with its vCPUs created, configured and **paused**.
-/// Devices are registered with `em`; run the VM with [`Vmm::resume`] and
-/// [`Vmm::run_until_exit`].
-pub fn build_microvm_for_boot(res: &VmResources, em: &mut EventManager) -> Result<Vmm, BuildError> {
+/// Devices are registered with `em`; devices and vCPUs stop the VM through `stop`, and
+/// the boot marker's first ready write is signalled on `ready_evt`. The controller
+/// runs the VM ([`crate::controller::Controller`]).
+pub fn build_microvm_for_boot(
+    res: &VmResources,
+    em: &mut EventManager,
+    stop: &StopSignal,
+    ready_evt: &EventFd,
+) -> Result<Vmm, BuildError> {
     res.validate()?;
     let kvm = open_kvm()?;
     if host_kvm_is_pvm() {
@@ -451,11 +402,11 @@ pub fn build_microvm_for_boot(res: &VmResources, em: &mut EventManager) -> Resul
     }
     let mem_size = res.mem_mib << 20;
     let mem = create_guest_memory(res.mem_mib)?;
-    let vm = create_vm(&kvm)?;
+    let vm = Vm::new(&kvm)?;
     // SAFETY: `mem` is moved into the returned Vmm, which declares `vm` (and the vCPU
     // handles, which join their threads on drop) before `mem`, so the mappings outlive
     // every user of the VM.
-    unsafe { register_guest_memory(&vm, &mem)? };
+    unsafe { register_guest_memory(vm.fd(), &mem)? };
 
     let kernel = load_kernel(&mem, &res.kernel)?;
     log::debug!("kernel loaded");
@@ -464,13 +415,11 @@ pub fn build_microvm_for_boot(res: &VmResources, em: &mut EventManager) -> Resul
         None => None,
     };
 
-    let stop = StopSignal::new().map_err(|e| BuildError::Io("create the stop eventfd", e))?;
-    let mut io_bus = Bus::new();
-    let ready_at = attach_legacy_devices(&vm, &mut io_bus, res, &stop)?;
-    let mut mmio_bus = Bus::new();
-    let virtio = attach_virtio_devices(&vm, &mem, &mut mmio_bus, em, res)?;
+    let mut devices = DeviceManager::new();
+    let ready_at = attach_legacy_devices(vm.fd(), &mut devices, res, stop, ready_evt)?;
+    attach_virtio_devices(vm.fd(), &mem, &mut devices, em, res)?;
 
-    let cmdline = build_cmdline(res, &virtio)?;
+    let cmdline = build_cmdline(res, devices.cmdline_entries())?;
     load_cmdline(&mem, GuestAddress(CMDLINE_START), &cmdline).map_err(BuildError::CmdlineWrite)?;
     let cmdline_len = cmdline
         .as_cstring()
@@ -504,10 +453,10 @@ pub fn build_microvm_for_boot(res: &VmResources, em: &mut EventManager) -> Resul
     let mut vcpus = Vec::with_capacity(usize::from(res.vcpus));
     for i in 0..res.vcpus {
         let vcpu = Vcpu::new(
-            &vm,
+            vm.fd(),
             i,
-            io_bus.clone(),
-            mmio_bus.clone(),
+            devices.io_bus().clone(),
+            devices.mmio_bus().clone(),
             stop.try_clone()
                 .map_err(|e| BuildError::Io("clone the stop eventfd", e))?,
         )?;
@@ -520,15 +469,11 @@ pub fn build_microvm_for_boot(res: &VmResources, em: &mut EventManager) -> Resul
         vcpus.push(vcpu.start(res.seccomp)?);
     }
 
-    use event_manager::SubscriberOps;
-    let listener = StopListener::new(
-        stop.try_clone()
-            .map_err(|e| BuildError::Io("clone the stop eventfd", e))?,
-    );
-    em.add_subscriber(Arc::new(Mutex::new(listener)));
-
     log::debug!("microVM built: {} vCPUs paused", res.vcpus);
-    Ok(Vmm::new(vcpus, stop, ready_at, io_bus, mmio_bus, vm, mem))
+    let stop = stop
+        .try_clone()
+        .map_err(|e| BuildError::Io("clone the stop eventfd", e))?;
+    Ok(Vmm::new(vcpus, stop, ready_at, devices, vm, mem))
 }
 
 /// Write `bytes` at `addr` (helper for tests that build guests by hand).
@@ -584,8 +529,7 @@ mod tests {
     #[test]
     fn cmdline_gets_virtio_entries() {
         let r = VmResources::new(PathBuf::from("k"));
-        let mut a = MmioAttacher::new();
-        a.entries.push("virtio_mmio.device=4K@0xd0000000:5".into());
+        let a = vec!["virtio_mmio.device=4K@0xd0000000:5".to_string()];
         let c = build_cmdline(&r, &a).unwrap();
         let s = c.as_cstring().unwrap().into_string().unwrap();
         assert!(s.starts_with("console=ttyS0 reboot=k panic=0"));
@@ -658,35 +602,49 @@ mod tests {
 
     #[test]
     fn attach_wires_windows_irqs_ioeventfds_and_cmdline() {
-        use crate::devices::virtio::mmio::MmioTransport;
+        use crate::device_manager::MMIO_QUEUE_NOTIFY;
         use crate::devices::virtio::VirtioDevice;
+        use kvm_ioctls::IoEventAddress;
         let kvm = open_kvm().unwrap();
-        let vm = create_vm(&kvm).unwrap();
+        let vm = Vm::new(&kvm).unwrap();
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
         let mut em = EventManager::new().unwrap();
-        let mut bus = Bus::new();
-        let mut attacher = MmioAttacher::new();
+        let mut dm = DeviceManager::new();
         let mut devices = Vec::new();
         for i in 0..19u64 {
             let dev = Arc::new(Mutex::new(AttachTestDevice::new()));
-            let transport = Arc::new(Mutex::new(MmioTransport::new(mem.clone(), dev.clone())));
-            let (base, irq) = attacher
-                .attach(&vm, &mut bus, &mut em, transport, dev.clone())
+            let (base, irq) = dm
+                .attach_virtio(
+                    vm.fd(),
+                    &mem,
+                    &mut em,
+                    &format!("dev{i}"),
+                    dev.clone(),
+                    VirtioHandle::Other(dev.clone()),
+                )
                 .unwrap();
             assert_eq!((base, irq), (0xd000_0000 + i * 0x1000, 5 + i as u32));
             devices.push(dev);
         }
         // The transport answers at its window: magic "virt" and the device type.
         let mut magic = [0u8; 4];
-        assert!(bus.read(0xd000_2000, &mut magic));
+        assert!(dm.mmio_bus().read(0xd000_2000, &mut magic));
         assert_eq!(u32::from_le_bytes(magic), 0x7472_6976);
         let mut ty = [0u8; 4];
-        assert!(bus.read(0xd000_2008, &mut ty));
+        assert!(dm.mmio_bus().read(0xd000_2008, &mut ty));
         assert_eq!(u32::from_le_bytes(ty), 42);
+        // The typed handle records window, IRQ and counts the accesses.
+        let h = &dm.mmio_devices()[2];
+        assert_eq!(
+            (h.id.as_str(), h.base, h.irq, h.len),
+            ("dev2", 0xd000_2000, 7, 0x1000)
+        );
+        assert_eq!(dm.metrics()[2].reads, 2);
         // Each queue eventfd is already an ioeventfd on QueueNotify: registering it
         // again is refused by KVM.
         let d = devices[1].lock().unwrap();
         assert!(vm
+            .fd()
             .register_ioevent(
                 &d.queue_events()[1],
                 &IoEventAddress::Mmio(0xd000_1000 + MMIO_QUEUE_NOTIFY),
@@ -695,15 +653,21 @@ mod tests {
             .is_err());
         drop(d);
         assert_eq!(
-            attacher.cmdline_entries()[18],
+            dm.cmdline_entries()[18],
             "virtio_mmio.device=4K@0xd0012000:23"
         );
         // No window left after IRQ 23.
         let dev = Arc::new(Mutex::new(AttachTestDevice::new()));
-        let transport = Arc::new(Mutex::new(MmioTransport::new(mem.clone(), dev.clone())));
         assert!(matches!(
-            attacher.attach(&vm, &mut bus, &mut em, transport, dev),
-            Err(BuildError::TooManyDevices)
+            dm.attach_virtio(
+                vm.fd(),
+                &mem,
+                &mut em,
+                "x",
+                dev.clone(),
+                VirtioHandle::Other(dev)
+            ),
+            Err(DeviceManagerError::TooManyDevices)
         ));
     }
 }

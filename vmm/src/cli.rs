@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::builder::{build_microvm_for_boot, BuildError, ConsoleConfig, VmResources, VsockConfig};
+use crate::api::ApiServer;
+use crate::builder::{BuildError, ConsoleConfig, VmResources, VsockConfig};
 use crate::config::{ConfigError, VmConfig};
+use crate::controller::{Controller, ControllerError, ControllerOptions};
 use crate::logger;
 use crate::stop::StopReason;
-use crate::vmm::VmmError;
 
 /// Exit statuses, shown in `--help`.
 pub const EXIT_STATUS_HELP: &str = "\
@@ -20,18 +21,17 @@ Exit status:
   1  VMM or configuration error
   2  usage error
   3  the guest kernel panicked
-  4  boot timeout: no ready marker in time (husk run --boot-timeout-secs)";
+  4  boot timeout: no ready marker in time (husk run --boot-timeout-secs)
+  128+N  stopped by signal N (SIGTERM 143, SIGINT 130) after ending the guest cleanly";
+
+/// Firecracker's default API socket path (used without --api-sock and --no-api).
+pub const DEFAULT_API_SOCK: &str = "/run/firecracker.socket";
 
 /// Firecracker flags husk recognizes but does not support.
 pub const UNSUPPORTED_FIRECRACKER_FLAGS: &[&str] = &[
-    "--api-sock",
     "--seccomp-filter",
-    "--http-api-max-payload-size",
     "--mmds-size-limit",
     "--metadata",
-    "--show-level",
-    "--show-log-origin",
-    "--metrics-path",
     "--module",
     "--describe-snapshot",
     "--snapshot-version",
@@ -54,12 +54,22 @@ pub struct Cli {
 /// Flags of Firecracker mode (no subcommand).
 #[derive(Debug, Args, Default)]
 pub struct FirecrackerArgs {
-    /// Firecracker JSON config file (boot-source, machine-config, vsock, entropy).
+    /// Firecracker JSON config file (boot-source, machine-config, vsock, entropy, logger,
+    /// metrics): boot from it at once (with the API, keep serving it afterwards).
     #[arg(long)]
     pub config_file: Option<PathBuf>,
-    /// Run without the API socket (required: husk has no API yet).
+    /// Serve Firecracker's REST API on this Unix socket (default /run/firecracker.socket).
+    #[arg(long, conflicts_with = "no_api")]
+    pub api_sock: Option<PathBuf>,
+    /// Run without the API socket (needs --config-file).
     #[arg(long)]
     pub no_api: bool,
+    /// Largest API request body accepted, in bytes.
+    #[arg(long, default_value_t = crate::api::http::DEFAULT_MAX_PAYLOAD)]
+    pub http_api_max_payload_size: usize,
+    /// Metrics file or named pipe (as PUT /metrics).
+    #[arg(long)]
+    pub metrics_path: Option<PathBuf>,
     /// MicroVM id (used in logs).
     #[arg(long)]
     pub id: Option<String>,
@@ -85,9 +95,16 @@ pub struct LogArgs {
     /// Log level: Off, Error, Warning, Info, Debug, Trace.
     #[arg(long, default_value = "Warning")]
     pub level: String,
-    /// Write the VMM log to this file instead of stderr.
+    /// Write the VMM log to this file (or named pipe) instead of stderr.
     #[arg(long)]
     pub log_path: Option<PathBuf>,
+    /// Show the level on each log line (default: shown unless --show-log-origin or
+    /// PUT /logger says otherwise).
+    #[arg(long)]
+    pub show_level: bool,
+    /// Show the source file and line on each log line.
+    #[arg(long)]
+    pub show_log_origin: bool,
 }
 
 /// Subcommands.
@@ -140,6 +157,9 @@ pub struct RunArgs {
     /// Disable the seccomp filters (debugging only).
     #[arg(long)]
     pub no_seccomp: bool,
+    /// Also serve Firecracker's REST API on this Unix socket (pause, resume, metrics).
+    #[arg(long)]
+    pub api_sock: Option<PathBuf>,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -186,15 +206,15 @@ pub enum CliError {
     /// Building the VM.
     #[error(transparent)]
     Build(#[from] BuildError),
-    /// Running the VM.
+    /// The controller (event loop, boot, seccomp).
     #[error(transparent)]
-    Vmm(#[from] VmmError),
-    /// Installing the VMM thread's seccomp filter.
+    Controller(#[from] ControllerError),
+    /// The API server.
     #[error(transparent)]
-    Seccomp(#[from] crate::seccomp::SeccompError),
-    /// Event manager creation.
-    #[error("cannot create the event loop: {0:?}")]
-    EventManager(event_manager::Error),
+    Api(#[from] crate::api::ApiServerError),
+    /// Signal handlers.
+    #[error("cannot install the SIGTERM/SIGINT handlers")]
+    Signals(#[source] std::io::Error),
 }
 
 impl CliError {
@@ -237,29 +257,115 @@ fn init_logging(log: &LogArgs) -> Result<(), CliError> {
         ))
     })?;
     logger::init(level, log.log_path.as_deref())?;
+    if log.show_level || log.show_log_origin {
+        logger::set_format(log.show_level, log.show_log_origin);
+    }
     Ok(())
 }
 
-/// Boot `res` and run it to the end; returns why it stopped.
+fn controller_for(opts: ControllerOptions) -> Result<Controller, CliError> {
+    let controller = Controller::new(opts)?;
+    crate::signals::install_term_handlers(controller.signal_eventfd())
+        .map_err(CliError::Signals)?;
+    Ok(controller)
+}
+
+/// Boot `res` (`husk run`) and run it to the end, serving the API on `api_sock` if
+/// given; returns why it stopped.
 pub fn boot_and_run(
     res: &VmResources,
     boot_timeout: Option<Duration>,
+    api_sock: Option<&std::path::Path>,
 ) -> Result<StopReason, CliError> {
-    let mut em = crate::EventManager::new().map_err(CliError::EventManager)?;
-    let mut vmm = build_microvm_for_boot(res, &mut em)?;
-    if res.seccomp {
-        // Every thread exists now (no clone is allowed later); vCPU threads installed
-        // their own filter.
-        crate::seccomp::install(crate::seccomp::Thread::Vmm)?;
-    } else {
-        log::warn!("seccomp filters disabled (--no-seccomp): for debugging only");
+    let mut controller = controller_for(ControllerOptions {
+        console: res.console.clone(),
+        boot_timer: res.boot_timer,
+        seccomp: res.seccomp,
+        boot_timeout,
+        ..ControllerOptions::default()
+    })?;
+    res.validate()?;
+    if let Some(path) = api_sock {
+        ApiServer::bind(
+            path,
+            controller.sender(),
+            crate::api::http::DEFAULT_MAX_PAYLOAD,
+        )?
+        .spawn(res.seccomp)?;
     }
-    vmm.set_boot_timeout(boot_timeout);
-    vmm.set_print_memory_at_ready(res.boot_timer);
-    vmm.resume()?;
-    log::debug!("vCPUs running");
-    let reason = vmm.run_until_exit(&mut em)?;
-    Ok(reason)
+    let result = controller
+        .start_with(res)
+        .map_err(unwrap_build)
+        .and_then(|()| Ok(controller.run()?));
+    if let Some(path) = api_sock {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+/// A build error keeps its own variant (and message) on the command line.
+fn unwrap_build(e: ControllerError) -> CliError {
+    match e {
+        ControllerError::Build(b) => CliError::Build(b),
+        other => CliError::Controller(other),
+    }
+}
+
+/// Firecracker mode: the API socket (unless `--no-api`) and/or the config file.
+fn firecracker_mode(fc: FirecrackerArgs) -> Result<StopReason, CliError> {
+    if fc.no_api && fc.config_file.is_none() {
+        return Err(CliError::Usage(
+            "--no-api needs --config-file (or use `husk run --kernel ...`)".into(),
+        ));
+    }
+    let config = match &fc.config_file {
+        Some(path) => Some(VmConfig::from_file(path)?),
+        None => None,
+    };
+    let id = fc.id.clone().unwrap_or_else(|| "anonymous-instance".into());
+    log::info!("microVM id {id}");
+    let mut controller = controller_for(ControllerOptions {
+        id,
+        console: ConsoleConfig::Stdout,
+        boot_timer: fc.boot_timer,
+        seccomp: !fc.no_seccomp,
+        boot_timeout: None,
+    })?;
+    if let Some(path) = &fc.metrics_path {
+        controller
+            .handle(crate::controller::VmmAction::PutMetrics(
+                crate::config::MetricsConfig {
+                    metrics_path: path.clone(),
+                    emit_id: None,
+                    properties: None,
+                },
+            ))
+            .map_err(|e| CliError::Controller(e.into()))?;
+    }
+    let api_path = (!fc.no_api).then(|| {
+        fc.api_sock
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_API_SOCK))
+    });
+    if let Some(path) = &api_path {
+        ApiServer::bind(path, controller.sender(), fc.http_api_max_payload_size)?
+            .spawn(!fc.no_seccomp)?;
+        log::info!("API server listening on {}", path.display());
+    }
+    let result = (|| {
+        if let Some(cfg) = &config {
+            controller.configure(cfg)?;
+            let res = cfg.to_resources()?;
+            res.validate()?;
+            controller.start()?;
+        }
+        controller.run()
+    })()
+    .map_err(unwrap_build);
+    if let Some(path) = &api_path {
+        let _ = std::fs::remove_file(path);
+    }
+    result
 }
 
 fn report(reason: &StopReason) -> i32 {
@@ -273,6 +379,7 @@ fn report(reason: &StopReason) -> i32 {
         StopReason::BootTimeout => {
             eprintln!("husk: the guest did not signal ready in time; exit status 4")
         }
+        StopReason::Signal(n) => log::info!("stopped by signal {n}"),
     }
     reason.exit_code()
 }
@@ -294,6 +401,7 @@ pub fn run_main(args: Vec<String>) -> Result<i32, CliError> {
             let reason = boot_and_run(
                 &run.to_resources(),
                 run.boot_timeout_secs.map(Duration::from_secs),
+                run.api_sock.as_deref(),
             )?;
             Ok(report(&reason))
         }
@@ -302,23 +410,7 @@ pub fn run_main(args: Vec<String>) -> Result<i32, CliError> {
         None => {
             let fc = cli.firecracker;
             init_logging(&fc.log)?;
-            if !fc.no_api {
-                return Err(CliError::Usage(
-                    "husk has no API socket yet: pass --no-api together with --config-file".into(),
-                ));
-            }
-            let path = fc.config_file.ok_or_else(|| {
-                CliError::Usage(
-                    "--no-api needs --config-file (or use `husk run --kernel ...`)".into(),
-                )
-            })?;
-            if let Some(id) = &fc.id {
-                log::info!("microVM id {id}");
-            }
-            let mut res = VmConfig::from_file(&path)?.to_resources();
-            res.boot_timer = fc.boot_timer;
-            res.seccomp = !fc.no_seccomp;
-            let reason = boot_and_run(&res, None)?;
+            let reason = firecracker_mode(fc)?;
             Ok(report(&reason))
         }
     }
@@ -334,11 +426,12 @@ mod tests {
 
     #[test]
     fn unsupported_firecracker_flags_are_named() {
-        let e = check_unsupported_flags(&args("husk --api-sock /tmp/a.sock --no-api")).unwrap_err();
+        let e = check_unsupported_flags(&args("husk --metadata m.json --no-api")).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "flag --api-sock is not supported by husk (yet)"
+            "flag --metadata is not supported by husk (yet)"
         );
+        check_unsupported_flags(&args("husk --api-sock /tmp/a.sock --show-level")).unwrap();
         assert_eq!(e.exit_code(), 2);
         assert!(check_unsupported_flags(&args("husk --seccomp-filter=f.bpf")).is_err());
         check_unsupported_flags(&args("husk --no-api --config-file c.json --id x")).unwrap();
@@ -346,10 +439,28 @@ mod tests {
     }
 
     #[test]
-    fn firecracker_mode_requires_no_api() {
-        let e = run_main(args("husk --config-file /nonexistent.json")).unwrap_err();
-        assert!(e.to_string().contains("--no-api"), "{e}");
+    fn firecracker_mode_flags() {
+        let e = firecracker_mode(FirecrackerArgs {
+            no_api: true,
+            ..FirecrackerArgs::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("--config-file"), "{e}");
         assert_eq!(e.exit_code(), 2);
+        let e = firecracker_mode(FirecrackerArgs {
+            config_file: Some("/nonexistent.json".into()),
+            ..FirecrackerArgs::default()
+        })
+        .unwrap_err();
+        assert!(matches!(e, CliError::Config(ConfigError::Read(..))), "{e}");
+        assert!(Cli::try_parse_from(args("husk --api-sock /a --no-api")).is_err());
+        let cli = Cli::try_parse_from(args(
+            "husk --api-sock /a --config-file c --show-level --metrics-path /m",
+        ))
+        .unwrap();
+        assert_eq!(cli.firecracker.api_sock, Some(PathBuf::from("/a")));
+        assert_eq!(cli.firecracker.http_api_max_payload_size, 51_200);
+        assert!(cli.firecracker.log.show_level);
     }
 
     #[test]

@@ -1,11 +1,14 @@
-//! Firecracker's JSON configuration file (`--config-file`), the subset husk honours:
-//! `boot-source`, `machine-config`, `vsock`, `entropy`. Unknown fields are refused;
-//! Firecracker sections husk does not support are refused by name when they configure
-//! something (an empty list or `null`, as Firecracker tooling often writes, is fine).
+//! Firecracker's configuration types, shared by the JSON config file (`--config-file`)
+//! and the API bodies (`PUT /boot-source` takes a [`BootSource`], and so on): the
+//! subset husk honours is `boot-source`, `machine-config`, `vsock`, `entropy`, `logger`
+//! and `metrics`. Unknown fields are refused; Firecracker sections husk does not
+//! support are refused by name when they configure something (an empty list or
+//! `null`, as Firecracker tooling often writes, is fine).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::builder::{ConsoleConfig, VmResources, VsockConfig};
 
@@ -14,8 +17,6 @@ const UNSUPPORTED_SECTIONS: &[&str] = &[
     "drives",
     "network-interfaces",
     "balloon",
-    "logger",
-    "metrics",
     "mmds-config",
     "cpu-config",
     "memory-hotplug",
@@ -39,7 +40,7 @@ pub enum ConfigError {
     #[error("config section \"{0}\" is not supported by husk (yet); remove it")]
     UnsupportedSection(String),
     /// A section name neither husk nor Firecracker knows.
-    #[error("unknown config section \"{0}\"; husk supports boot-source, machine-config, vsock and entropy")]
+    #[error("unknown config section \"{0}\"; husk supports boot-source, machine-config, vsock, entropy, logger and metrics")]
     UnknownSection(String),
     /// A required section is missing.
     #[error("the config file has no \"{0}\" section")]
@@ -47,24 +48,27 @@ pub enum ConfigError {
     /// A field value husk does not support.
     #[error("{0} is not supported by husk (yet)")]
     UnsupportedValue(&'static str),
+    /// A field value out of range.
+    #[error("{0}")]
+    Invalid(String),
 }
 
-/// `boot-source`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+/// `boot-source` (also the body of `PUT /boot-source`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct BootSource {
     /// Kernel image path.
     pub kernel_image_path: PathBuf,
     /// Initrd path.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initrd_path: Option<PathBuf>,
     /// Kernel command line.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_args: Option<String>,
 }
 
-/// `machine-config`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+/// `machine-config` (also the body of `PUT /machine-config` and the answer of `GET`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct MachineConfig {
     /// vCPUs.
@@ -78,15 +82,144 @@ pub struct MachineConfig {
     #[serde(default)]
     pub track_dirty_pages: bool,
     /// Huge pages (only "None").
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub huge_pages: Option<String>,
-    /// CPU template (not supported; only absent or null).
-    #[serde(default)]
+    /// CPU template (not supported; only absent, null or "None").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_template: Option<String>,
 }
 
-/// `vsock`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+impl Default for MachineConfig {
+    /// Firecracker's defaults: 1 vCPU, 128 MiB.
+    fn default() -> Self {
+        Self {
+            vcpu_count: 1,
+            mem_size_mib: 128,
+            smt: false,
+            track_dirty_pages: false,
+            huge_pages: Some("None".into()),
+            cpu_template: None,
+        }
+    }
+}
+
+impl MachineConfig {
+    /// Check the values husk supports (ranges are checked again at boot).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        use crate::builder::{MAX_VCPUS, MIN_MEM_MIB};
+        if self.vcpu_count == 0 || self.vcpu_count > MAX_VCPUS {
+            return Err(ConfigError::Invalid(format!(
+                "vcpu_count {} is out of range: use 1 to {MAX_VCPUS}",
+                self.vcpu_count
+            )));
+        }
+        if self.mem_size_mib < MIN_MEM_MIB {
+            return Err(ConfigError::Invalid(format!(
+                "mem_size_mib {} is too small: use at least {MIN_MEM_MIB}",
+                self.mem_size_mib
+            )));
+        }
+        if self.smt {
+            return Err(ConfigError::UnsupportedValue("machine-config.smt = true"));
+        }
+        if self.huge_pages.as_deref().is_some_and(|h| h != "None") {
+            return Err(ConfigError::UnsupportedValue(
+                "machine-config.huge_pages other than \"None\"",
+            ));
+        }
+        if self.cpu_template.as_deref().is_some_and(|t| t != "None") {
+            return Err(ConfigError::UnsupportedValue("machine-config.cpu_template"));
+        }
+        Ok(())
+    }
+
+    /// Apply a `PATCH /machine-config` body: fields it has replace ours.
+    pub fn patched(&self, u: &MachineConfigUpdate) -> Self {
+        Self {
+            vcpu_count: u.vcpu_count.unwrap_or(self.vcpu_count),
+            mem_size_mib: u.mem_size_mib.unwrap_or(self.mem_size_mib),
+            smt: u.smt.unwrap_or(self.smt),
+            track_dirty_pages: u.track_dirty_pages.unwrap_or(self.track_dirty_pages),
+            huge_pages: u.huge_pages.clone().or_else(|| self.huge_pages.clone()),
+            cpu_template: u.cpu_template.clone().or_else(|| self.cpu_template.clone()),
+        }
+    }
+}
+
+/// The body of `PATCH /machine-config`: any subset of [`MachineConfig`]'s fields.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfigUpdate {
+    /// vCPUs.
+    pub vcpu_count: Option<u8>,
+    /// Guest RAM in MiB.
+    pub mem_size_mib: Option<u64>,
+    /// SMT.
+    pub smt: Option<bool>,
+    /// Dirty page tracking.
+    pub track_dirty_pages: Option<bool>,
+    /// Huge pages.
+    pub huge_pages: Option<String>,
+    /// CPU template.
+    pub cpu_template: Option<String>,
+}
+
+impl MachineConfigUpdate {
+    /// Whether the body set no field at all.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// `logger` (also the body of `PUT /logger`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LoggerConfig {
+    /// File or named pipe for the log (default: stderr).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_path: Option<PathBuf>,
+    /// Error, Warning, Info, Debug, Trace or Off (any case).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    /// Print the level on each line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub show_level: Option<bool>,
+    /// Print the source file and line on each line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub show_log_origin: Option<bool>,
+    /// Only log from this module path (prefix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+}
+
+impl LoggerConfig {
+    /// Check the level name.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match &self.level {
+            Some(l) if crate::logger::parse_level(l).is_none() => Err(ConfigError::Invalid(
+                format!("unknown log level {l:?}: use Error, Warning, Info, Debug, Trace or Off"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `metrics` (also the body of `PUT /metrics`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// File or named pipe the metrics are flushed to, one JSON object per flush.
+    pub metrics_path: PathBuf,
+    /// Add the microVM id as a top-level `id` field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emit_id: Option<bool>,
+    /// Operator-defined strings written under `properties` on each line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<BTreeMap<String, String>>,
+}
+
+/// `vsock` (also the body of `PUT /vsock`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct VsockSection {
     /// Guest CID.
@@ -94,26 +227,53 @@ pub struct VsockSection {
     /// Host Unix socket.
     pub uds_path: PathBuf,
     /// Device id (accepted for compatibility, unused).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock_id: Option<String>,
 }
 
-/// `entropy`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+impl VsockSection {
+    /// Check the CID range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.guest_cid < 3 || self.guest_cid > u64::from(u32::MAX - 1) {
+            return Err(ConfigError::Invalid(format!(
+                "vsock guest CID {} is invalid: use a value from 3 to 4294967294",
+                self.guest_cid
+            )));
+        }
+        if self.uds_path.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid("vsock uds_path is empty".into()));
+        }
+        Ok(())
+    }
+}
+
+/// `entropy` (also the body of `PUT /entropy`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EntropySection {
     /// Rate limiter (not supported; only absent or null).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<serde_json::Value>,
 }
 
-/// The parsed config file.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+impl EntropySection {
+    /// Refuse a rate limiter.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.rate_limiter.as_ref().is_some_and(|r| !r.is_null()) {
+            return Err(ConfigError::UnsupportedValue("entropy.rate_limiter"));
+        }
+        Ok(())
+    }
+}
+
+/// The whole configuration: a parsed config file, or what the API set so far (then
+/// `boot-source` may still be missing). `GET /vm/config` answers with it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
     /// Kernel, initrd and command line.
-    #[serde(rename = "boot-source")]
-    pub boot_source: BootSource,
+    #[serde(rename = "boot-source", default)]
+    pub boot_source: Option<BootSource>,
     /// vCPUs and memory.
     #[serde(rename = "machine-config", default)]
     pub machine_config: Option<MachineConfig>,
@@ -123,6 +283,12 @@ pub struct VmConfig {
     /// virtio-rng.
     #[serde(default)]
     pub entropy: Option<EntropySection>,
+    /// Logging.
+    #[serde(default)]
+    pub logger: Option<LoggerConfig>,
+    /// Metrics.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
 }
 
 fn is_empty(v: &serde_json::Value) -> bool {
@@ -148,7 +314,7 @@ impl VmConfig {
                 obj.remove(&k);
             } else if !matches!(
                 k.as_str(),
-                "boot-source" | "machine-config" | "vsock" | "entropy"
+                "boot-source" | "machine-config" | "vsock" | "entropy" | "logger" | "metrics"
             ) {
                 return Err(ConfigError::UnknownSection(k));
             }
@@ -157,25 +323,49 @@ impl VmConfig {
             return Err(ConfigError::MissingSection("boot-source"));
         }
         let cfg: VmConfig = serde_json::from_value(value).map_err(ConfigError::Parse)?;
-        if let Some(m) = &cfg.machine_config {
-            if m.smt {
-                return Err(ConfigError::UnsupportedValue("machine-config.smt = true"));
-            }
-            if m.huge_pages.as_deref().is_some_and(|h| h != "None") {
-                return Err(ConfigError::UnsupportedValue(
-                    "machine-config.huge_pages other than \"None\"",
-                ));
-            }
-            if m.cpu_template.as_deref().is_some_and(|t| t != "None") {
-                return Err(ConfigError::UnsupportedValue("machine-config.cpu_template"));
-            }
-        }
-        if let Some(e) = &cfg.entropy {
-            if e.rate_limiter.as_ref().is_some_and(|r| !r.is_null()) {
-                return Err(ConfigError::UnsupportedValue("entropy.rate_limiter"));
-            }
-        }
+        cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Check every section that is present.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(m) = &self.machine_config {
+            m.validate()?;
+        }
+        if let Some(e) = &self.entropy {
+            e.validate()?;
+        }
+        if let Some(v) = &self.vsock {
+            v.validate()?;
+        }
+        if let Some(l) = &self.logger {
+            l.validate()?;
+        }
+        Ok(())
+    }
+
+    /// The configuration in Firecracker's `GET /vm/config` shape: every section key
+    /// present (`null` or `[]` for what is not configured or not supported), which
+    /// [`VmConfig::parse`] accepts back.
+    pub fn to_full_json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "balloon": null,
+            "drives": [],
+            "boot-source": self.boot_source,
+            "cpu-config": null,
+            "logger": self.logger,
+            "machine-config": self.machine_config.clone().unwrap_or_default(),
+            "metrics": self.metrics,
+            "mmds-config": null,
+            "network-interfaces": [],
+            "vsock": self.vsock,
+            "entropy": self.entropy,
+        });
+        if let Some(o) = v.as_object_mut() {
+            // Firecracker tooling writes these as null or []: keep the same shape.
+            o.entry("cpu-config").or_insert(serde_json::Value::Null);
+        }
+        v
     }
 
     /// Read and parse a config file.
@@ -186,10 +376,14 @@ impl VmConfig {
     }
 
     /// The VM resources this config describes (validated later by the builder).
-    pub fn to_resources(&self) -> VmResources {
-        let mut r = VmResources::new(self.boot_source.kernel_image_path.clone());
-        r.initrd = self.boot_source.initrd_path.clone();
-        r.cmdline = self.boot_source.boot_args.clone();
+    pub fn to_resources(&self) -> Result<VmResources, ConfigError> {
+        let boot = self
+            .boot_source
+            .as_ref()
+            .ok_or(ConfigError::MissingSection("boot-source"))?;
+        let mut r = VmResources::new(boot.kernel_image_path.clone());
+        r.initrd = boot.initrd_path.clone();
+        r.cmdline = boot.boot_args.clone();
         if let Some(m) = &self.machine_config {
             r.vcpus = m.vcpu_count;
             r.mem_mib = m.mem_size_mib;
@@ -200,7 +394,7 @@ impl VmConfig {
         });
         r.entropy = self.entropy.is_some();
         r.console = ConsoleConfig::Stdout;
-        r
+        Ok(r)
     }
 }
 
@@ -231,7 +425,7 @@ mod tests {
     #[test]
     fn parses_firecracker_config() {
         let c = VmConfig::parse(FULL).unwrap();
-        let r = c.to_resources();
+        let r = c.to_resources().unwrap();
         assert_eq!(r.kernel, PathBuf::from("/srv/vmlinux"));
         assert_eq!(r.initrd, Some(PathBuf::from("/srv/initrd.cpio")));
         assert_eq!(
@@ -246,7 +440,7 @@ mod tests {
     #[test]
     fn minimal_config_uses_defaults() {
         let c = VmConfig::parse(r#"{"boot-source": {"kernel_image_path": "k"}}"#).unwrap();
-        let r = c.to_resources();
+        let r = c.to_resources().unwrap();
         assert_eq!((r.vcpus, r.mem_mib, r.entropy), (1, 128, false));
         assert_eq!(r.cmdline, None);
     }
@@ -292,5 +486,52 @@ mod tests {
             Err(ConfigError::NotAnObject)
         ));
         assert!(matches!(VmConfig::parse("{"), Err(ConfigError::Parse(_))));
+        let cid = r#"{"boot-source": {"kernel_image_path": "k"}, "vsock": {"guest_cid": 2, "uds_path": "/v"}}"#;
+        assert!(VmConfig::parse(cid)
+            .unwrap_err()
+            .to_string()
+            .contains("CID 2"));
+        let lvl = r#"{"boot-source": {"kernel_image_path": "k"}, "logger": {"level": "Loud"}}"#;
+        assert!(VmConfig::parse(lvl)
+            .unwrap_err()
+            .to_string()
+            .contains("Loud"));
+    }
+
+    #[test]
+    fn full_json_round_trips_through_parse() {
+        let mut c = VmConfig::parse(FULL).unwrap();
+        c.logger = Some(LoggerConfig {
+            level: Some("Info".into()),
+            ..Default::default()
+        });
+        let json = c.to_full_json();
+        assert_eq!(json["drives"], serde_json::json!([]));
+        assert_eq!(json["machine-config"]["vcpu_count"], 2);
+        assert_eq!(json["vsock"]["guest_cid"], 3);
+        assert!(json["metrics"].is_null());
+        let back = VmConfig::parse(&json.to_string()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn machine_config_patch_and_validation() {
+        let m = MachineConfig::default();
+        assert_eq!((m.vcpu_count, m.mem_size_mib), (1, 128));
+        let u: MachineConfigUpdate = serde_json::from_str(r#"{"vcpu_count": 2}"#).unwrap();
+        let p = m.patched(&u);
+        assert_eq!((p.vcpu_count, p.mem_size_mib), (2, 128));
+        assert!(MachineConfigUpdate::default().is_empty());
+        assert!(serde_json::from_str::<MachineConfigUpdate>(r#"{"vcpus": 2}"#).is_err());
+        let bad = m.patched(&MachineConfigUpdate {
+            vcpu_count: Some(33),
+            ..Default::default()
+        });
+        assert!(bad.validate().unwrap_err().to_string().contains("1 to 32"));
+        let small = m.patched(&MachineConfigUpdate {
+            mem_size_mib: Some(8),
+            ..Default::default()
+        });
+        assert!(small.validate().is_err());
     }
 }

@@ -6,18 +6,26 @@
 //! - [`vstate`]: guest memory, the KVM VM, vCPUs and their threads.
 //! - [`devices`]: the device bus, legacy port-I/O devices and virtio-mmio devices.
 //! - [`builder`]: validated VM resources → a paused [`vmm::Vmm`].
-//! - [`vmm`]: the running VM: pause/resume, the event loop, the exit status.
-//! - [`config`], [`cli`]: Firecracker's JSON config file and the command line.
+//! - [`vmm`]: the built VM: vCPUs, [`device_manager`], guest memory; pause/resume.
+//! - [`controller`]: the VMM thread's event loop and the action channel.
+//! - [`api`]: Firecracker's REST API on a Unix socket (its own thread).
+//! - [`config`], [`cli`]: the configuration types (config file and API bodies) and
+//!   the command line. [`logger`], [`metrics`]: logs and metrics.
 //! - [`commands`]: subcommands that do not run a VM (`pack`, `invoke`).
 
+pub mod api;
 pub mod arch;
 pub mod builder;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod controller;
+pub mod device_manager;
 pub mod devices;
 pub mod logger;
+pub mod metrics;
 pub mod seccomp;
+pub mod signals;
 pub mod stop;
 pub mod vmm;
 pub mod vstate;

@@ -6,7 +6,9 @@
 //! - 1: a VMM or configuration error (including a vCPU that KVM could not run);
 //! - 2: command-line usage error;
 //! - 3: the guest kernel panicked ("Kernel panic - not syncing" on the console);
-//! - 4: the boot timeout expired before the guest wrote the ready marker.
+//! - 4: the boot timeout expired before the guest wrote the ready marker;
+//! - 128 + N: the VMM received termination signal N (SIGTERM: 143, SIGINT: 130) and
+//!   stopped the guest cleanly, as a shell reports a process killed by N.
 
 use std::sync::{Arc, Mutex};
 
@@ -27,6 +29,8 @@ pub enum StopReason {
     Error(String),
     /// The boot timeout expired.
     BootTimeout,
+    /// The VMM received this termination signal (SIGTERM, SIGINT).
+    Signal(i32),
 }
 
 impl StopReason {
@@ -37,6 +41,7 @@ impl StopReason {
             StopReason::Error(_) => 1,
             StopReason::GuestPanic => 3,
             StopReason::BootTimeout => 4,
+            StopReason::Signal(n) => 128 + n,
         }
     }
 }
@@ -106,5 +111,6 @@ mod tests {
         assert_eq!(StopReason::GuestPanic.exit_code(), 3);
         assert_eq!(StopReason::Reset.exit_code(), 0);
         assert_eq!(StopReason::Error("x".into()).exit_code(), 1);
+        assert_eq!(StopReason::Signal(libc::SIGTERM).exit_code(), 143);
     }
 }

@@ -1,20 +1,17 @@
-//! The running microVM: vCPU handles, buses, guest memory and the stop signal, driven
-//! from the VMM thread's event loop.
+//! The built microVM: vCPU handles, the VM, its devices, guest memory and the stop
+//! signal. The controller ([`crate::controller`]) owns it and drives it from the VMM
+//! thread's event loop.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use event_manager::{EventOps, Events, MutEventSubscriber};
-use kvm_ioctls::VmFd;
-use vmm_sys_util::epoll::EventSet;
-
+use crate::device_manager::DeviceManager;
 use crate::devices::legacy::marker::NOT_READY;
-use crate::devices::Bus;
 use crate::stop::{StopReason, StopSignal};
 use crate::vstate::memory::MemoryProbe;
 use crate::vstate::vcpu::{VcpuError, VcpuHandle, VcpuState};
-use crate::{EventManager, GuestMemoryMmap};
+use crate::vstate::vm::Vm;
+use crate::GuestMemoryMmap;
 
 /// Errors driving a VM.
 #[derive(Debug, thiserror::Error)]
@@ -22,34 +19,6 @@ pub enum VmmError {
     /// A vCPU did not follow a command.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
-    /// The event loop failed.
-    #[error("the VMM event loop failed: {0:?}")]
-    EventLoop(event_manager::Error),
-}
-
-/// Event-manager subscriber that drains the stop eventfd; the run loop then reads the
-/// reason from the [`StopSignal`].
-pub struct StopListener {
-    stop: StopSignal,
-}
-
-impl StopListener {
-    /// Listen on `stop`.
-    pub fn new(stop: StopSignal) -> Self {
-        Self { stop }
-    }
-}
-
-impl MutEventSubscriber for StopListener {
-    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        let _ = self.stop.eventfd().read();
-    }
-
-    fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(self.stop.eventfd(), EventSet::IN)) {
-            log::error!("cannot watch the stop eventfd: {e:?}");
-        }
-    }
 }
 
 /// A built microVM. Field order matters: vCPU threads are joined and the VM fd closed
@@ -58,11 +27,9 @@ pub struct Vmm {
     vcpus: Vec<VcpuHandle>,
     stop: StopSignal,
     ready_at: Arc<AtomicU64>,
-    io_bus: Bus,
-    mmio_bus: Bus,
-    vm: VmFd,
+    devices: DeviceManager,
+    vm: Vm,
     mem: GuestMemoryMmap,
-    boot_timeout: Option<Duration>,
     print_memory_at_ready: bool,
     memory_reported: bool,
     memory_probe: Option<MemoryProbe>,
@@ -74,20 +41,17 @@ impl Vmm {
         vcpus: Vec<VcpuHandle>,
         stop: StopSignal,
         ready_at: Arc<AtomicU64>,
-        io_bus: Bus,
-        mmio_bus: Bus,
-        vm: VmFd,
+        devices: DeviceManager,
+        vm: Vm,
         mem: GuestMemoryMmap,
     ) -> Self {
         Self {
             vcpus,
             stop,
             ready_at,
-            io_bus,
-            mmio_bus,
+            devices,
             vm,
             mem,
-            boot_timeout: None,
             print_memory_at_ready: false,
             memory_reported: false,
             memory_probe: MemoryProbe::open()
@@ -113,7 +77,13 @@ impl Vmm {
         probe.measure(&self.mem)
     }
 
-    fn report_memory(&mut self, when: &str) {
+    /// Whether the memory report was taken already.
+    pub fn memory_reported(&self) -> bool {
+        self.memory_reported
+    }
+
+    /// Log (and with `--boot-timer` print) the VMM's memory use, once.
+    pub fn report_memory(&mut self, when: &str) {
         self.memory_reported = true;
         // Only the probe opened at build time: the VMM thread may be under seccomp now,
         // where opening a file kills the process.
@@ -136,12 +106,6 @@ impl Vmm {
             }
             Err(e) => log::warn!("cannot measure memory use at {when}: {e}"),
         }
-    }
-
-    /// Stop the VM with [`StopReason::BootTimeout`] if the guest has not written the
-    /// ready marker within `timeout` of [`Vmm::run_until_exit`] starting.
-    pub fn set_boot_timeout(&mut self, timeout: Option<Duration>) {
-        self.boot_timeout = timeout;
     }
 
     /// Run (or continue running) all vCPUs.
@@ -185,45 +149,23 @@ impl Vmm {
     }
 
     /// The KVM VM.
-    pub fn vm_fd(&self) -> &VmFd {
+    pub fn vm(&self) -> &Vm {
         &self.vm
     }
 
-    /// The port-I/O bus.
-    pub fn io_bus(&self) -> &Bus {
-        &self.io_bus
+    /// The devices.
+    pub fn devices(&self) -> &DeviceManager {
+        &self.devices
     }
 
-    /// The MMIO bus.
-    pub fn mmio_bus(&self) -> &Bus {
-        &self.mmio_bus
+    /// Number of vCPUs.
+    pub fn vcpu_count(&self) -> usize {
+        self.vcpus.len()
     }
 
-    /// Run the event loop until the VM stops; then end the vCPU threads and return why
-    /// it stopped.
-    pub fn run_until_exit(&mut self, em: &mut EventManager) -> Result<StopReason, VmmError> {
-        let started = Instant::now();
-        loop {
-            if let Some(reason) = self.stop.reason() {
-                if !self.memory_reported {
-                    // No ready marker came: report at the stop instead.
-                    self.report_memory("stop (no ready marker)");
-                }
-                self.shutdown();
-                return Ok(reason);
-            }
-            if !self.memory_reported && self.ready_at_ns().is_some() {
-                self.report_memory("ready");
-            }
-            if let Some(t) = self.boot_timeout {
-                if self.ready_at_ns().is_none() && started.elapsed() >= t {
-                    log::error!("the guest did not signal ready within {t:?}; stopping it");
-                    self.stop.stop(StopReason::BootTimeout);
-                    continue;
-                }
-            }
-            em.run_with_timeout(100).map_err(VmmError::EventLoop)?;
-        }
+    /// The stop signal (its eventfd wakes the controller).
+    pub fn stop_signal(&self) -> &StopSignal {
+        &self.stop
     }
 
     /// End all vCPU threads.

@@ -7,17 +7,18 @@
 //!
 //! | thread | husk | Firecracker |
 //! |--------|------|-------------|
-//! | VMM    | 30   | 76          |
-//! | API    | 23   | 36          |
+//! | VMM    | 31   | 76          |
+//! | API    | 24   | 36          |
 //! | vCPU   | 17   | 49          |
 //!
-//! (Debug builds add `fcntl(F_GETFD)` to the vCPU list: debug std checks an fd before
+//! (Debug builds add `fcntl(F_GETFD)` to every list: debug std checks an fd before
 //! closing it.) A unit test asserts the counts, so this table cannot drift from the code.
 //! The lists were measured, not guessed: strace of a jailed `husk` booting the guest and
 //! serving an invocation in the test host (the VMM thread made 20 distinct syscalls, the
 //! vCPU thread 10); the rest is what code paths not hit there need (guest-initiated vsock
-//! connections, half-close, allocator growth). The API list is a draft: husk has no API
-//! server yet. Snapshot support must add its file syscalls and VM state ioctls.
+//! connections, half-close, allocator growth). The API list covers the API server
+//! thread (`api/`): epoll, accept, read/recv, write/send, the action channel's futex and
+//! eventfd write. Snapshot support must add its file syscalls and VM state ioctls.
 //!
 //! Argument filters: `ioctl` only with listed requests per thread kind (vCPU: `KVM_RUN`
 //! and the vCPU state reads a snapshot needs; VMM and API: `FIONBIO`), `mmap`/`mprotect`
@@ -27,7 +28,9 @@
 //! Order of installation (see [`spawn_with_filter`]): vCPU threads install their filter
 //! first thing in the thread, before the first `KVM_RUN`; the VMM thread installs its
 //! filter with [`install`] after every thread is spawned (no `clone` is allowed) and
-//! before the event loop runs; `--no-seccomp` skips all of it, for debugging only.
+//! before the event loop runs (with the API, at InstanceStart: pre-boot the VMM thread
+//! runs unfiltered, handling only the API thread's actions); the API thread installs its
+//! filter first thing; `--no-seccomp` skips all of it, for debugging only.
 
 pub mod rules;
 
@@ -105,7 +108,7 @@ fn arg_rules(args: Args) -> Result<Vec<SeccompRule>, seccompiler::BackendError> 
         Args::UnixSocket => one_of(0, &mut std::iter::once(libc::AF_UNIX as u64)),
         Args::KickSignal => one_of(
             2,
-            &mut std::iter::once(crate::vstate::vcpu::kick_signal() as u64),
+            &mut std::iter::once(crate::signals::kick_signal() as u64),
         ),
     }
 }

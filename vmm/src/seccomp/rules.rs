@@ -176,7 +176,8 @@ const VCPU: &[Rule] = &[
     rule!(SYS_rt_sigreturn, Any, "return from the kick signal handler"),
 ];
 
-/// Rows only debug builds need (added by [`rules`] when `debug_assertions` is on).
+/// Rows only debug builds need, on every thread kind (added by [`rules`] when
+/// `debug_assertions` is on).
 const VCPU_DEBUG: &[Rule] = &[rule!(
     SYS_fcntl,
     Args::Fcntl(&[libc::F_GETFD]),
@@ -227,11 +228,20 @@ const VMM: &[Rule] = &[
         Args::KickSignal,
         "kick vCPU threads out of KVM_RUN (kick signal only)"
     ),
-    rule!(SYS_unlink, Any, "vsock: remove the Unix socket at exit"),
+    rule!(
+        SYS_unlink,
+        Any,
+        "vsock and API: remove the Unix sockets at exit"
+    ),
+    rule!(
+        SYS_rt_sigreturn,
+        Any,
+        "return from the SIGTERM/SIGINT handler (any thread may take it)"
+    ),
 ];
 
-/// API thread: accept and serve requests on the API socket, wake the VMM thread.
-/// (husk has no API server yet: this is the allowlist it will start from.)
+/// API thread: accept and serve requests on the API socket, wake the VMM thread
+/// (eventfd write) and wait for its reply (futex).
 const API: &[Rule] = &[
     rule!(
         SYS_ioctl,
@@ -245,6 +255,11 @@ const API: &[Rule] = &[
     rule!(SYS_sendto, Any, "responses (send)"),
     rule!(SYS_accept4, Any, "API connections"),
     rule!(SYS_shutdown, Any, "close API connections"),
+    rule!(
+        SYS_rt_sigreturn,
+        Any,
+        "return from the SIGTERM/SIGINT handler (any thread may take it)"
+    ),
 ];
 
 /// All rows for one thread kind (common rows first).
@@ -254,9 +269,11 @@ pub fn rules(thread: super::Thread) -> Vec<Rule> {
         super::Thread::Api => API,
         super::Thread::Vcpu => VCPU,
     };
-    let debug: &[Rule] = match thread {
-        super::Thread::Vcpu if cfg!(debug_assertions) => VCPU_DEBUG,
-        _ => &[],
+    // Debug std checks an fd before closing it on every thread that closes fds.
+    let debug: &[Rule] = if cfg!(debug_assertions) {
+        VCPU_DEBUG
+    } else {
+        &[]
     };
     COMMON
         .iter()

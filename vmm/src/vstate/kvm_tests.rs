@@ -9,12 +9,15 @@ use std::time::{Duration, Instant};
 use kvm_ioctls::VmFd;
 use vm_memory::{Bytes, GuestAddress};
 
+use crate::controller::Controller;
+use crate::device_manager::DeviceManager;
 use crate::devices::legacy::{ConsoleSink, SerialDevice, I8042, I8042_PORTS};
 use crate::devices::{Bus, BusDevice};
 use crate::stop::{StopReason, StopSignal};
-use crate::vmm::{StopListener, Vmm};
+use crate::vmm::Vmm;
 use crate::vstate::memory::register_guest_memory;
 use crate::vstate::vcpu::Vcpu;
+use crate::vstate::vm::Vm;
 use crate::vstate::vm::{create_vm, open_kvm};
 use crate::{EventManager, GuestMemoryMmap};
 
@@ -141,16 +144,12 @@ fn run_to_stop(code: &[u8]) -> StopReason {
     .unwrap();
     let vcpu = real_mode_vcpu(&vm, io.clone(), Bus::new(), &stop);
     let handle = vcpu.start(false).unwrap();
-    let mut em = EventManager::new().unwrap();
-    use event_manager::SubscriberOps;
-    em.add_subscriber(Arc::new(Mutex::new(StopListener::new(
-        stop.try_clone().unwrap(),
-    ))));
+    let em = EventManager::new().unwrap();
     let ready = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
-    let mut vmm = Vmm::new(vec![handle], stop, ready, io, Bus::new(), vm, mem);
-    vmm.set_boot_timeout(Some(Duration::from_secs(30)));
+    let devices = DeviceManager::from_buses(io, Bus::new());
+    let vmm = Vmm::new(vec![handle], stop, ready, devices, Vm::from_fd(vm), mem);
     vmm.resume().unwrap();
-    vmm.run_until_exit(&mut em).unwrap()
+    Controller::with_vmm(em, vmm).unwrap().run().unwrap()
 }
 
 #[test]
@@ -189,16 +188,12 @@ fn long_mode_entry_runs_64_bit_code_then_i8042_reset() {
     let vcpu = Vcpu::new(&vm, 0, io.clone(), Bus::new(), stop.try_clone().unwrap()).unwrap();
     crate::arch::x86_64::regs::setup_boot_vcpu(vcpu.fd(), CODE).unwrap();
     let handle = vcpu.start(false).unwrap();
-    let mut em = EventManager::new().unwrap();
-    use event_manager::SubscriberOps;
-    em.add_subscriber(Arc::new(Mutex::new(StopListener::new(
-        stop.try_clone().unwrap(),
-    ))));
+    let em = EventManager::new().unwrap();
     let ready = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
-    let mut vmm = Vmm::new(vec![handle], stop, ready, io, Bus::new(), vm, mem);
-    vmm.set_boot_timeout(Some(Duration::from_secs(30)));
+    let devices = DeviceManager::from_buses(io, Bus::new());
+    let vmm = Vmm::new(vec![handle], stop, ready, devices, Vm::from_fd(vm), mem);
     vmm.resume().unwrap();
-    let reason = vmm.run_until_exit(&mut em).unwrap();
+    let reason = Controller::with_vmm(em, vmm).unwrap().run().unwrap();
     assert_eq!(buf.0.lock().unwrap().as_slice(), b"L", "ran 64-bit code");
     assert_eq!(reason, StopReason::Reset);
 }
@@ -257,15 +252,14 @@ fn ready_marker_is_timestamped_then_reset_ends_the_vm() {
     let handle = real_mode_vcpu(&vm, io.clone(), Bus::new(), &stop)
         .start(false)
         .unwrap();
-    let mut em = EventManager::new().unwrap();
-    use event_manager::SubscriberOps;
-    em.add_subscriber(Arc::new(Mutex::new(StopListener::new(
-        stop.try_clone().unwrap(),
-    ))));
-    let mut vmm = Vmm::new(vec![handle], stop, ready, io, Bus::new(), vm, mem);
+    let em = EventManager::new().unwrap();
+    let devices = DeviceManager::from_buses(io, Bus::new());
+    let vmm = Vmm::new(vec![handle], stop, ready, devices, Vm::from_fd(vm), mem);
     assert_eq!(vmm.ready_at_ns(), None);
     vmm.resume().unwrap();
-    assert_eq!(vmm.run_until_exit(&mut em).unwrap(), StopReason::Reset);
+    let mut controller = Controller::with_vmm(em, vmm).unwrap();
+    assert_eq!(controller.run().unwrap(), StopReason::Reset);
+    let vmm = controller.vmm().unwrap();
     let at = vmm.ready_at_ns().expect("marker timestamped");
     assert!(at > 0 && at < crate::logger::nanos_since_start());
     // (Exact guest RSS accounting is tested in vstate::memory: this tiny VM's memory
@@ -302,7 +296,8 @@ fn shutdown_does_not_hang_on_a_vcpu_blocked_outside_kvm_run() {
         .start(false)
         .unwrap();
     let ready = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
-    let mut vmm = Vmm::new(vec![handle], stop, ready, io, Bus::new(), vm, mem);
+    let devices = DeviceManager::from_buses(io, Bus::new());
+    let mut vmm = Vmm::new(vec![handle], stop, ready, devices, Vm::from_fd(vm), mem);
     vmm.resume().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let start = Instant::now();

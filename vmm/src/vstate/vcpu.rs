@@ -25,7 +25,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
-use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+use vmm_sys_util::signal::{register_signal_handler, Killable};
 
 use crate::arch::x86_64::cpuid::{filter_cpuid, CpuidConfig};
 use crate::arch::x86_64::msr::{boot_msr_entries, setup_msrs, MsrError};
@@ -89,6 +89,7 @@ fn is_quiet_port(port: u16) -> bool {
 /// Handle one vCPU exit against the port-I/O and MMIO buses. Unowned reads return
 /// all ones, as on a real machine with nothing on the bus.
 pub fn handle_exit(io_bus: &Bus, mmio_bus: &Bus, exit: VcpuExit<'_>) -> ExitAction {
+    crate::metrics::record_exit(&exit);
     match exit {
         VcpuExit::IoIn(port, data) => {
             if !io_bus.read(u64::from(port), data) {
@@ -162,10 +163,7 @@ extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
     });
 }
 
-/// The signal used to kick vCPU threads out of `KVM_RUN`.
-pub fn kick_signal() -> libc::c_int {
-    SIGRTMIN()
-}
+pub use crate::signals::kick_signal;
 
 fn install_kick_handler() -> Result<(), VcpuError> {
     static ONCE: Once = Once::new();

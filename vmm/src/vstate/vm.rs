@@ -1,5 +1,6 @@
 //! The KVM VM: creation, in-kernel irqchip (PIC, IOAPIC, LAPIC), PIT and the x86 TSS
-//! and identity-map addresses.
+//! and identity-map addresses. [`Vm`] wraps the VM fd; the VM-wide state a snapshot
+//! needs (irqchip, PIT, kvmclock) will be saved and restored through it.
 
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
@@ -58,6 +59,30 @@ pub fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
     Ok(vm)
 }
 
+/// The KVM VM of one microVM: the VM fd, created with its in-kernel irqchip and PIT.
+/// Owns everything VM-wide (as opposed to per-vCPU or per-device).
+#[derive(Debug)]
+pub struct Vm {
+    fd: VmFd,
+}
+
+impl Vm {
+    /// Create the VM with the in-kernel irqchip and PIT (see [`create_vm`]).
+    pub fn new(kvm: &Kvm) -> Result<Self, VmError> {
+        Ok(Self::from_fd(create_vm(kvm)?))
+    }
+
+    /// Wrap a VM fd made by [`create_vm`] (tests that build VMs by hand).
+    pub fn from_fd(fd: VmFd) -> Self {
+        Self { fd }
+    }
+
+    /// The KVM VM fd.
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,8 +90,8 @@ mod tests {
     #[test]
     fn creates_a_vm_with_irqchip_and_pit() {
         let kvm = open_kvm().unwrap();
-        let vm = create_vm(&kvm).unwrap();
+        let vm = Vm::new(&kvm).unwrap();
         // A second irqchip is refused: proves the first one exists.
-        assert!(vm.create_irq_chip().is_err());
+        assert!(vm.fd().create_irq_chip().is_err());
     }
 }

@@ -1,0 +1,139 @@
+//! Controller tests: configuration, the action channel, signals, metrics.
+
+use super::*;
+use crate::config::{MachineConfigUpdate, MetricsConfig};
+
+fn controller() -> Controller {
+    Controller::new(ControllerOptions {
+        seccomp: false,
+        ..ControllerOptions::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn pre_boot_configuration_is_recorded_and_validated() {
+    let mut c = controller();
+    assert_eq!(
+        c.handle(VmmAction::GetMachineConfig),
+        Ok(VmmData::MachineConfig(MachineConfig::default()))
+    );
+    c.handle(VmmAction::PatchMachineConfig(MachineConfigUpdate {
+        vcpu_count: Some(2),
+        ..Default::default()
+    }))
+    .unwrap();
+    let e = c
+        .handle(VmmAction::PatchMachineConfig(MachineConfigUpdate {
+            vcpu_count: Some(0),
+            ..Default::default()
+        }))
+        .unwrap_err();
+    assert!(e.to_string().contains("vcpu_count 0"), "{e}");
+    match c.handle(VmmAction::GetMachineConfig).unwrap() {
+        VmmData::MachineConfig(m) => {
+            assert_eq!(m.vcpu_count, 2, "a failed patch changes nothing")
+        }
+        other => panic!("{other:?}"),
+    }
+    let e = c
+        .handle(VmmAction::PutVsock(VsockSection {
+            guest_cid: 1,
+            uds_path: "/v".into(),
+            vsock_id: None,
+        }))
+        .unwrap_err();
+    assert!(e.to_string().contains("CID 1"));
+    match c.handle(VmmAction::GetInstanceInfo).unwrap() {
+        VmmData::InstanceInfo(i) => {
+            assert_eq!(
+                (i.state, i.id.as_str(), i.app_name),
+                ("Not started", "anonymous-instance", "husk")
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn post_boot_actions_are_refused_before_boot_and_start_needs_a_kernel() {
+    let mut c = controller();
+    let e = c.handle(VmmAction::Pause).unwrap_err();
+    assert!(matches!(
+        e,
+        ActionError::NotSupportedPreBoot("PATCH /vm (Paused)")
+    ));
+    assert!(e.to_string().contains("before starting the microVM"));
+    let e = c.handle(VmmAction::InstanceStart).unwrap_err();
+    assert!(e.to_string().contains("PUT /boot-source first"), "{e}");
+    let e = c.handle(VmmAction::FlushMetrics).unwrap_err();
+    assert!(e.to_string().contains("PUT /metrics first"), "{e}");
+    c.handle(VmmAction::PutBootSource(BootSource {
+        kernel_image_path: "/nonexistent/vmlinux".into(),
+        initrd_path: None,
+        boot_args: None,
+    }))
+    .unwrap();
+    let e = c.handle(VmmAction::InstanceStart).unwrap_err();
+    assert!(e.to_string().contains("/nonexistent/vmlinux"), "{e}");
+    assert!(c.vmm().is_none());
+}
+
+#[test]
+fn actions_over_the_channel_get_one_reply_each() {
+    let mut c = controller();
+    let sender = c.sender();
+    let stop = c.stop.try_clone().unwrap();
+    let client = std::thread::spawn(move || {
+        let v = sender.request(VmmAction::GetVersion);
+        let i = sender.request(VmmAction::Resume);
+        stop.stop(StopReason::Reset);
+        (v, i)
+    });
+    assert_eq!(c.run().unwrap(), StopReason::Reset);
+    let (v, i) = client.join().unwrap();
+    assert_eq!(v, Ok(VmmData::Version(env!("CARGO_PKG_VERSION"))));
+    assert!(matches!(i, Err(ActionError::NotSupportedPreBoot(_))));
+}
+
+#[test]
+fn sigterm_stops_the_event_loop_with_status_143() {
+    let mut c = controller();
+    crate::signals::install_term_handlers(c.signal_eventfd()).unwrap();
+    // SAFETY: raising a signal whose handler was just installed (it only records
+    // the signal and writes an eventfd).
+    assert_eq!(unsafe { libc::raise(libc::SIGTERM) }, 0);
+    let reason = c.run().unwrap();
+    assert_eq!(reason, StopReason::Signal(libc::SIGTERM));
+    assert_eq!(reason.exit_code(), 143);
+}
+
+#[test]
+fn metrics_flush_writes_devices_vcpu_and_api_sections() {
+    let mut c = controller();
+    let path = std::env::temp_dir().join(format!("husk-ctl-metrics-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    c.handle(VmmAction::PutMetrics(MetricsConfig {
+        metrics_path: path.clone(),
+        emit_id: None,
+        properties: None,
+    }))
+    .unwrap();
+    assert!(c
+        .handle(VmmAction::PutMetrics(MetricsConfig {
+            metrics_path: path.clone(),
+            emit_id: None,
+            properties: None,
+        }))
+        .unwrap_err()
+        .to_string()
+        .contains("set once"));
+    c.handle(VmmAction::FlushMetrics).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert!(v["vcpu"]["exit_io_out"].is_u64());
+    assert!(v["api_server"]["requests"].is_u64());
+    assert!(v["devices"].is_object());
+    assert!(v["boot"]["ready_after_us"].is_null());
+    let _ = std::fs::remove_file(&path);
+}
