@@ -355,8 +355,13 @@ impl Controller {
     fn finish(&mut self) {
         if let Some(vmm) = self.vmm.as_mut() {
             if !vmm.memory_reported() {
-                // No ready marker came: report at the stop instead.
-                vmm.report_memory("stop (no ready marker)");
+                // The guest may write the marker and stop before the loop saw the ready
+                // wake-up: then the report is still the one at ready (taken now).
+                if vmm.ready_at_ns().is_some() {
+                    vmm.report_memory("ready");
+                } else {
+                    vmm.report_memory("stop (no ready marker)");
+                }
             }
             vmm.shutdown();
         }
