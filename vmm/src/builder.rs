@@ -316,7 +316,10 @@ fn attach_legacy_devices(
         u64::from(layout::I8042_PORT_BASE),
         I8042_PORTS,
     )?;
-    let marker = BootMarker::new(res.boot_timer);
+    let marker = BootMarker::new(res.boot_timer).with_fatal_stop(
+        stop.try_clone()
+            .map_err(|e| BuildError::Io("clone the stop eventfd", e))?,
+    );
     let ready = marker.ready_at();
     io_bus.insert(
         Arc::new(Mutex::new(marker)),

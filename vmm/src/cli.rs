@@ -20,7 +20,8 @@ Exit status:
   1  VMM or configuration error
   2  usage error
   3  the guest kernel panicked
-  4  boot timeout: no ready marker in time (husk run --boot-timeout-secs)";
+  4  boot timeout: no ready marker in time (husk run --boot-timeout-secs)
+  5  the guest agent hit a fatal error (see the guest console)";
 
 /// Firecracker flags husk recognizes but does not support.
 pub const UNSUPPORTED_FIRECRACKER_FLAGS: &[&str] = &[
@@ -273,6 +274,9 @@ fn report(reason: &StopReason) -> i32 {
         StopReason::BootTimeout => {
             eprintln!("husk: the guest did not signal ready in time; exit status 4")
         }
+        StopReason::AgentFatal => eprintln!(
+            "husk: the guest agent hit a fatal error (see the console output above); exit status 5"
+        ),
     }
     reason.exit_code()
 }

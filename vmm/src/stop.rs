@@ -6,7 +6,9 @@
 //! - 1: a VMM or configuration error (including a vCPU that KVM could not run);
 //! - 2: command-line usage error;
 //! - 3: the guest kernel panicked ("Kernel panic - not syncing" on the console);
-//! - 4: the boot timeout expired before the guest wrote the ready marker.
+//! - 4: the boot timeout expired before the guest wrote the ready marker;
+//! - 5: the guest agent reported a fatal error (it wrote its fatal value to the marker
+//!   port).
 
 use std::sync::{Arc, Mutex};
 
@@ -27,6 +29,8 @@ pub enum StopReason {
     Error(String),
     /// The boot timeout expired.
     BootTimeout,
+    /// The guest agent reported a fatal error through the marker port.
+    AgentFatal,
 }
 
 impl StopReason {
@@ -37,6 +41,7 @@ impl StopReason {
             StopReason::Error(_) => 1,
             StopReason::GuestPanic => 3,
             StopReason::BootTimeout => 4,
+            StopReason::AgentFatal => 5,
         }
     }
 }
