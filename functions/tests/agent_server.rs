@@ -653,3 +653,67 @@ fn empty_payload_closes_stdin_at_once() {
     assert_eq!((r.status, r.body.len()), (Status::Ok, 0));
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 }
+
+#[test]
+fn log_frames_arrive_while_the_function_still_runs() {
+    for mode in [Mode::Exec, Mode::Worker] {
+        let sb = start(
+            if mode == Mode::Exec {
+                "sleeper"
+            } else {
+                "counter"
+            },
+            mode,
+            reuse,
+        );
+        let mut c = sb.client();
+        // exec: the sleeper logs `child=PID` at once, then sleeps 1.5 s.
+        // worker: the counter logs `counter at 1` and answers at once; the Log frame
+        // still comes first.
+        let inv = Invoke {
+            stream_logs: true,
+            ..Invoke::new(
+                8,
+                5000,
+                if mode == Mode::Exec {
+                    b"1500".to_vec()
+                } else {
+                    b"tick".to_vec()
+                },
+            )
+        };
+        let t = Instant::now();
+        let first = c
+            .request(&Message::Invoke(inv), Duration::from_secs(5))
+            .unwrap();
+        let first_after = t.elapsed();
+        let Message::Log(l) = first else {
+            panic!("{mode:?}: expected a Log frame first, got {first:?}")
+        };
+        assert_eq!((l.id, l.stream), (8, LogStream::Stderr));
+        // The rest of the output may come in more frames; then the Result.
+        let mut data = l.data;
+        loop {
+            match c.read_message(Duration::from_secs(5)).unwrap() {
+                Message::Log(l) => data.extend(l.data),
+                Message::Result(r) => {
+                    assert_eq!(r.status, Status::Ok);
+                    break;
+                }
+                other => panic!("{mode:?}: expected the result, got {other:?}"),
+            }
+        }
+        let text = String::from_utf8_lossy(&data).into_owned();
+        if mode == Mode::Exec {
+            assert!(text.starts_with("child="), "{text}");
+            assert!(
+                first_after < Duration::from_millis(1000)
+                    && t.elapsed() >= Duration::from_millis(1500),
+                "log after {first_after:?}, result after {:?}",
+                t.elapsed()
+            );
+        } else {
+            assert_eq!(text, "counter at 1\n");
+        }
+    }
+}

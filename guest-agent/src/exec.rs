@@ -11,7 +11,7 @@ use crate::config::FunctionConfig;
 use crate::protocol::{Crash, LogStream, Status, RESULT_OUTPUT_TRUNCATED};
 use crate::reaper::{Exit, Reaper};
 use crate::runner::{
-    abort_spawn, spawn_function, FunctionProcess, LogBuf, Outcome, RunError, Tail, GRACE,
+    abort_spawn, spawn_function, FunctionProcess, LiveLogs, Outcome, RunError, Tail, GRACE,
     STDERR_TAIL,
 };
 use crate::worker::RequestMeta;
@@ -113,14 +113,14 @@ fn poll(fds: &[(RawFd, i16)], timeout: Duration) -> Vec<i16> {
 }
 
 /// Run one exec-mode invocation; `meta` reaches the function as environment variables
-/// and up to `log_cap` bytes of its stderr are kept as logs.
+/// and its stderr is pushed to `logs` as it arrives.
 pub fn run_exec(
     reaper: &Reaper,
     cfg: &FunctionConfig,
     meta: &RequestMeta,
     payload: Vec<u8>,
     deadline: Duration,
-    log_cap: usize,
+    logs: Option<&LiveLogs>,
 ) -> Result<Outcome, RunError> {
     let start = Instant::now();
     let FunctionProcess {
@@ -140,10 +140,11 @@ pub fn run_exec(
     let mut written = 0usize;
     let mut out = Capture::new(cfg.output_cap);
     let mut err = Tail::new(STDERR_TAIL);
-    let mut logs = LogBuf::new(log_cap);
     let mut on_err = |d: &[u8]| {
         err.push(d);
-        logs.push(LogStream::Stderr, d);
+        if let Some(l) = logs {
+            l.push(LogStream::Stderr, d);
+        }
     };
     let (mut out_open, mut err_open) = (true, true);
     let mut buf = vec![0u8; 64 * 1024];
@@ -256,7 +257,6 @@ pub fn run_exec(
         },
         body: out.buf,
         stderr_tail: err.since(0),
-        logs,
     })
 }
 

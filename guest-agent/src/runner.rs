@@ -9,7 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use crate::protocol::{
     RESULT_WORKER_RESTARTED,
 };
 use crate::reaper::{Exit, Reaper};
-use crate::sync::lock;
+use crate::sync::{lock, wait, wait_timeout};
 use crate::worker::{self, RequestMeta};
 
 /// How many trailing stderr bytes are kept per invocation.
@@ -61,17 +61,72 @@ pub struct Outcome {
     pub body: Vec<u8>,
     /// Last stderr bytes written during the invocation.
     pub stderr_tail: Vec<u8>,
-    /// The function's output lines, if the invocation asked for them.
-    pub logs: LogBuf,
 }
 
-impl Outcome {
-    /// The result flags including the log cut.
-    pub fn all_flags(&self) -> u32 {
-        if self.logs.dropped > 0 {
-            self.flags | RESULT_LOGS_TRUNCATED
+/// One invocation's log output, shared between the readers of the function's pipes
+/// (which push as data arrives) and the sender of Log frames (which takes chunks while
+/// the function runs, so the host sees them live).
+#[derive(Debug)]
+pub struct LiveLogs {
+    buf: Mutex<LogBuf>,
+    cv: Condvar,
+    finished: std::sync::atomic::AtomicBool,
+}
+
+impl LiveLogs {
+    /// Logs of one invocation, keeping at most `cap` bytes in all.
+    pub fn new(cap: usize) -> Arc<Self> {
+        Arc::new(Self {
+            buf: Mutex::new(LogBuf::new(cap)),
+            cv: Condvar::new(),
+            finished: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Append output and wake the sender.
+    pub fn push(&self, stream: LogStream, data: &[u8]) {
+        lock(&self.buf).push(stream, data);
+        self.cv.notify_all();
+    }
+
+    /// The invocation is over: nothing more will be pushed.
+    pub fn finish(&self) {
+        self.finished.store(true, Ordering::SeqCst);
+        self.cv.notify_all();
+    }
+
+    /// Take the chunks gathered so far.
+    pub fn take(&self) -> Vec<(LogStream, Vec<u8>)> {
+        std::mem::take(&mut lock(&self.buf).chunks)
+    }
+
+    /// Wait until there is output (then give it `linger` to grow into fewer, larger
+    /// frames) or the invocation finished. Returns the chunks and whether it finished;
+    /// after `(_, true)` nothing more comes.
+    pub fn next(&self, linger: Duration) -> (Vec<(LogStream, Vec<u8>)>, bool) {
+        let mut g = lock(&self.buf);
+        while g.chunks.is_empty() && !self.finished.load(Ordering::SeqCst) {
+            g = wait(&self.cv, g);
+        }
+        if !self.finished.load(Ordering::SeqCst) && g.pending() < MAX_LOG_CHUNK {
+            g = wait_timeout(&self.cv, g, linger);
+        }
+        // Read `finished` before taking: a push before finish() is then in this take.
+        let finished = self.finished.load(Ordering::SeqCst);
+        (std::mem::take(&mut g.chunks), finished)
+    }
+
+    /// Bytes dropped at the cap.
+    pub fn dropped(&self) -> u64 {
+        lock(&self.buf).dropped
+    }
+
+    /// The result flag for the log cut (0 when nothing was dropped).
+    pub fn flags(&self) -> u32 {
+        if self.dropped() > 0 {
+            RESULT_LOGS_TRUNCATED
         } else {
-            self.flags
+            0
         }
     }
 }
@@ -95,6 +150,11 @@ impl LogBuf {
             cap,
             ..Self::default()
         }
+    }
+
+    /// Bytes in chunks not taken yet.
+    pub fn pending(&self) -> usize {
+        self.chunks.iter().map(|(_, c)| c.len()).sum()
     }
 
     /// Append output from `stream`.
@@ -157,12 +217,12 @@ impl Tail {
     }
 }
 
-/// What a worker wrote to stdout and stderr: the stderr tail and the current
-/// invocation's logs.
+/// What a worker wrote to stdout and stderr: the stderr tail, and the current
+/// invocation's logs when it asked for them.
 #[derive(Debug)]
 struct Output {
     tail: Tail,
-    logs: LogBuf,
+    logs: Option<Arc<LiveLogs>>,
 }
 
 type SharedOutput = Arc<Mutex<Output>>;
@@ -203,11 +263,16 @@ fn spawn_log_reader<R: Read + AsRawFd + Send + 'static>(
                     Err(_) => 0,
                 };
                 if n > 0 {
-                    let mut o = lock(&out);
-                    if stream == LogStream::Stderr {
-                        o.tail.push(&buf[..n]);
+                    let logs = {
+                        let mut o = lock(&out);
+                        if stream == LogStream::Stderr {
+                            o.tail.push(&buf[..n]);
+                        }
+                        o.logs.clone()
+                    };
+                    if let Some(l) = logs {
+                        l.push(stream, &buf[..n]);
                     }
-                    o.logs.push(stream, &buf[..n]);
                 }
                 busy.fetch_sub(1, Ordering::SeqCst);
                 if n == 0 {
@@ -410,7 +475,7 @@ impl Worker {
             .map_err(fail)?;
         let output = Arc::new(Mutex::new(Output {
             tail: Tail::new(STDERR_TAIL),
-            logs: LogBuf::new(0),
+            logs: None,
         }));
         let log_pipes = vec![
             stdout.as_fd().try_clone_to_owned().map_err(fail)?,
@@ -436,16 +501,16 @@ impl Worker {
         self.pid
     }
 
-    /// Send one request and wait for its response until `deadline`, capturing up to
-    /// `log_cap` bytes of logs. Returns the outcome and whether the worker is still
-    /// usable.
+    /// Send one request and wait for its response until `deadline`, pushing the
+    /// worker's output to `logs` while it runs. Returns the outcome and whether the
+    /// worker is still usable.
     pub fn invoke(
         &mut self,
         reaper: &Reaper,
         meta: RequestMeta,
         payload: Vec<u8>,
         deadline: Duration,
-        log_cap: usize,
+        logs: Option<Arc<LiveLogs>>,
     ) -> (Outcome, bool) {
         let start = Instant::now();
         // Output written between invocations belongs to none: capture it first, then
@@ -453,7 +518,7 @@ impl Worker {
         settle(&self.log_pipes, &self.log_busy);
         let stderr_mark = {
             let mut o = lock(&self.output);
-            o.logs = LogBuf::new(log_cap);
+            o.logs = logs;
             o.tail.total
         };
         // Drop responses the worker wrote unasked (they would be mistaken for ours).
@@ -477,7 +542,7 @@ impl Worker {
         let remaining = deadline.saturating_sub(start.elapsed());
         match self.responses.recv_timeout(remaining) {
             Ok(Ok(resp)) => {
-                let (stderr_tail, logs) = self.output_since(stderr_mark);
+                let stderr_tail = self.output_since(stderr_mark);
                 let outcome = Outcome {
                     status: if resp.ok {
                         Status::Ok
@@ -491,7 +556,6 @@ impl Worker {
                     },
                     body: resp.body,
                     stderr_tail,
-                    logs,
                 };
                 (outcome, true)
             }
@@ -499,26 +563,25 @@ impl Worker {
             Err(RecvTimeoutError::Timeout) => {
                 Reaper::kill_group(self.pid);
                 let _ = reaper.wait_timeout(self.pid, Some(GRACE));
-                let (stderr_tail, logs) = self.output_since(stderr_mark);
+                let stderr_tail = self.output_since(stderr_mark);
                 let outcome = Outcome {
                     status: Status::Timeout,
                     flags: RESULT_WORKER_RESTARTED,
                     body: Vec::new(),
                     stderr_tail,
-                    logs,
                 };
                 (outcome, false)
             }
         }
     }
 
-    /// The stderr tail since `mark` and this invocation's logs.
-    fn output_since(&self, mark: u64) -> (Vec<u8>, LogBuf) {
+    /// The stderr tail since `mark`; ends this invocation's log capture.
+    fn output_since(&self, mark: u64) -> Vec<u8> {
         // The function wrote its logs before its response: wait until they are captured.
         settle(&self.log_pipes, &self.log_busy);
         let mut o = lock(&self.output);
-        let tail = o.tail.since(mark);
-        (tail, std::mem::take(&mut o.logs))
+        o.logs = None;
+        o.tail.since(mark)
     }
 
     /// The worker's stdout ended or broke: collect its exit and report a crash.
@@ -532,13 +595,12 @@ impl Worker {
                 .wait_timeout(self.pid, Some(GRACE))
                 .unwrap_or(Exit::Signal(libc::SIGKILL)),
         };
-        let (stderr_tail, logs) = self.output_since(stderr_mark);
+        let stderr_tail = self.output_since(stderr_mark);
         let outcome = Outcome {
             status: Status::Crashed(crash_of(exit)),
             flags: RESULT_WORKER_RESTARTED,
             body: Vec::new(),
             stderr_tail,
-            logs,
         };
         (outcome, false)
     }

@@ -16,7 +16,7 @@ use crate::protocol::{
     ProtocolError, Restored, FEATURES, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use crate::reaper::Reaper;
-use crate::runner::{Outcome, RunError, Worker, LOG_CAP};
+use crate::runner::{LiveLogs, Outcome, RunError, Worker, LOG_CAP};
 pub use crate::sync::error_chain;
 use crate::sync::lock;
 use crate::worker::RequestMeta;
@@ -36,7 +36,18 @@ pub trait Connection: Read + Write + Send + 'static {
     fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()>;
     /// Set the write timeout (`None`: block).
     fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()>;
+    /// Another handle to the same connection (Log frames are written through one while
+    /// the connection's thread runs the invocation).
+    fn try_clone(&self) -> io::Result<Self>
+    where
+        Self: Sized;
 }
+
+/// Where the Log frames of a running invocation go.
+pub type LogWriter = Box<dyn Write + Send>;
+
+/// How long the log sender lets output accumulate before sending a frame.
+const LOG_LINGER: Duration = Duration::from_millis(20);
 
 /// Something that accepts connections.
 pub trait Listener: Send + 'static {
@@ -52,6 +63,9 @@ impl Connection for UnixStream {
     }
     fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         UnixStream::set_write_timeout(self, t)
+    }
+    fn try_clone(&self) -> io::Result<Self> {
+        UnixStream::try_clone(self)
     }
 }
 
@@ -205,10 +219,17 @@ impl Agent {
     }
 
     /// Handle one request message and produce the replies, in order (none for
-    /// Shutdown; Log frames then the Result for an invocation that asked for logs).
+    /// Shutdown). Log frames of an invocation that asked for them are among the replies,
+    /// before the Result; see [`Agent::handle_live`] to send them while it runs.
     pub fn handle(&self, msg: Message) -> Vec<Message> {
+        self.handle_live(msg, None)
+    }
+
+    /// Like [`Agent::handle`], but an invocation's Log frames are written to `logs` as
+    /// the function produces them (all of them before this returns the Result).
+    pub fn handle_live(&self, msg: Message, logs: Option<LogWriter>) -> Vec<Message> {
         match msg {
-            Message::Invoke(inv) => self.invoke(inv),
+            Message::Invoke(inv) => self.invoke(inv, logs),
             Message::Ping(n) => vec![Message::Pong(n)],
             Message::Restored(r) => vec![self.restore(r)],
             Message::Shutdown => {
@@ -245,7 +266,7 @@ impl Agent {
         self.hello()
     }
 
-    fn invoke(&self, inv: Invoke) -> Vec<Message> {
+    fn invoke(&self, inv: Invoke, log_writer: Option<LogWriter>) -> Vec<Message> {
         let start = Instant::now();
         let limit = self.cfg.boot.payload_limit;
         if inv.payload.len() > limit {
@@ -284,34 +305,49 @@ impl Agent {
                 .unwrap_or_else(|| unix_ms().saturating_add(u64::from(deadline_ms))),
             env: inv.env,
         };
-        let log_cap = if inv.stream_logs { LOG_CAP } else { 0 };
+        let id = inv.id;
+        let live = inv.stream_logs.then(|| LiveLogs::new(LOG_CAP));
+        let sender = match (&live, log_writer) {
+            (Some(l), Some(w)) => spawn_log_sender(l.clone(), w, self.codec, id),
+            _ => None,
+        };
         let f = &self.cfg.function;
         let outcome = match f.mode {
-            Mode::Exec => run_exec(&self.reaper, f, &meta, inv.payload, deadline, log_cap),
-            Mode::Worker => self.invoke_worker(meta, inv.payload, deadline, log_cap),
+            Mode::Exec => run_exec(
+                &self.reaper,
+                f,
+                &meta,
+                inv.payload,
+                deadline,
+                live.as_deref(),
+            ),
+            Mode::Worker => self.invoke_worker(meta, inv.payload, deadline, live.clone()),
         };
+        // Every Log frame goes out before the Result.
+        let mut replies = Vec::new();
+        if let Some(l) = &live {
+            l.finish();
+            match sender {
+                Some(s) => {
+                    let _ = s.join();
+                }
+                None => replies.extend(
+                    l.take()
+                        .into_iter()
+                        .map(|(stream, data)| Message::Log(LogChunk { id, stream, data })),
+                ),
+            }
+        }
         let o = match outcome {
             Ok(o) => o,
             Err(e) => return vec![error(ErrorCode::Internal, error_chain(&e))],
         };
-        let mut replies: Vec<Message> = o
-            .logs
-            .chunks
-            .iter()
-            .map(|(stream, data)| {
-                Message::Log(LogChunk {
-                    id: inv.id,
-                    stream: *stream,
-                    data: data.clone(),
-                })
-            })
-            .collect();
         replies.push(Message::Result(InvokeResult {
-            id: inv.id,
+            id,
             status: o.status,
-            flags: o.all_flags(),
+            flags: o.flags | live.as_ref().map_or(0, |l| l.flags()),
             duration_us: start.elapsed().as_micros() as u64,
-            logs_dropped: o.logs.dropped,
+            logs_dropped: live.as_ref().map_or(0, |l| l.dropped()),
             body: o.body,
             stderr_tail: o.stderr_tail,
         }));
@@ -323,7 +359,7 @@ impl Agent {
         meta: RequestMeta,
         payload: Vec<u8>,
         deadline: Duration,
-        log_cap: usize,
+        logs: Option<Arc<LiveLogs>>,
     ) -> Result<Outcome, RunError> {
         // One invocation at a time: the worker holds a single request stream.
         let mut slot = lock(&self.worker);
@@ -333,7 +369,7 @@ impl Agent {
         let Some(w) = slot.as_mut() else {
             return Err(RunError::Setup(io::Error::other("worker missing")));
         };
-        let (outcome, alive) = w.invoke(&self.reaper, meta, payload, deadline, log_cap);
+        let (outcome, alive) = w.invoke(&self.reaper, meta, payload, deadline, logs);
         if !alive {
             *slot = None;
             // Restart right away so the next invocation (reuse mode) finds it warm.
@@ -379,7 +415,13 @@ impl Agent {
                 }
             };
             let shutdown = matches!(msg, Message::Shutdown);
-            for reply in self.handle(msg) {
+            let log_writer = match &msg {
+                Message::Invoke(i) if i.stream_logs => {
+                    conn.try_clone().ok().map(|c| Box::new(c) as LogWriter)
+                }
+                _ => None,
+            };
+            for reply in self.handle_live(msg, log_writer) {
                 if self.codec.write_frame(&mut conn, &reply).is_err() {
                     return;
                 }
@@ -425,6 +467,40 @@ impl Agent {
             if spawned.is_err() {
                 self.connections.fetch_sub(1, Ordering::SeqCst);
             }
+        }
+    }
+}
+
+/// Send an invocation's logs as Log frames while it runs, until `logs` is finished and
+/// drained. A write failure (the host went away or stopped reading past the write
+/// timeout) ends the sending; the invocation itself carries on.
+fn spawn_log_sender(
+    logs: Arc<LiveLogs>,
+    mut out: LogWriter,
+    codec: Codec,
+    id: u64,
+) -> Option<std::thread::JoinHandle<()>> {
+    let spawned = std::thread::Builder::new()
+        .name("fn-logs".into())
+        .spawn(move || loop {
+            let (chunks, finished) = logs.next(LOG_LINGER);
+            for (stream, data) in chunks {
+                let frame = Message::Log(LogChunk { id, stream, data });
+                if codec.write_frame(&mut out, &frame).is_err() {
+                    return;
+                }
+            }
+            if finished {
+                return;
+            }
+        });
+    match spawned {
+        Ok(h) => Some(h),
+        Err(e) => {
+            log(&format!(
+                "cannot start the log sender; logs are sent at the end: {e}"
+            ));
+            None
         }
     }
 }
