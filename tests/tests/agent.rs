@@ -6,8 +6,8 @@
 //! a forked child that outlives the deadline leaving no process behind (checked inside
 //! the guest), a clean shutdown (husk exits 0), invocation metadata (request id,
 //! absolute deadline, env) reaching the function in exec and worker mode, log output
-//! beyond the 4 KiB stderr tail arriving as Log frames (and printed by `husk invoke
-//! --logs`), an agent fatal error ending husk with its own exit status (5), and two
+//! beyond the 4 KiB stderr tail arriving as Log frames while the function runs (and
+//! printed by `husk invoke --logs`), an agent fatal error ending husk with its own exit status (5), and two
 //! benchmarks printed with their figures: invocation round trip over 100 invocations
 //! (reuse mode, echo) and boot to ready (median of 5).
 //!
@@ -450,6 +450,43 @@ fn logs_beyond_the_stderr_tail_arrive_from_the_guest() {
     assert_eq!(r.status, Status::Ok);
     assert_log_lines(&stream_bytes(&logs, LogStream::Stdout), 0, 2, 150);
     assert_log_lines(&stream_bytes(&logs, LogStream::Stderr), 1, 2, 150);
+    drop(c);
+    sb.shutdown();
+}
+
+#[test]
+fn logs_stream_while_the_function_runs_in_the_guest() {
+    // The sleeper logs `child=PID` at once, then sleeps 3 s before answering.
+    let mut sb = Boot::new("fn-sleeper", Mode::Exec).start();
+    let mut c = sb.client();
+    let inv = Invoke {
+        stream_logs: true,
+        ..Invoke::new(5, 20_000, b"3000".to_vec())
+    };
+    let t = Instant::now();
+    let first = c.request(&Message::Invoke(inv), STEP_TIMEOUT).unwrap();
+    let first_after = t.elapsed();
+    assert!(matches!(&first, Message::Log(l) if l.id == 5), "{first:?}");
+    let mut data = match first {
+        Message::Log(l) => l.data,
+        _ => Vec::new(),
+    };
+    loop {
+        match c.read_message(STEP_TIMEOUT).unwrap() {
+            Message::Log(l) => data.extend(l.data),
+            Message::Result(r) => {
+                assert_eq!((r.status, r.body.as_slice()), (Status::Ok, &b"woke up"[..]));
+                break;
+            }
+            other => panic!("expected log frames then the result, got {other:?}"),
+        }
+    }
+    let done_after = t.elapsed();
+    assert!(String::from_utf8_lossy(&data).starts_with("child="));
+    assert!(
+        done_after >= Duration::from_secs(3) && first_after + Duration::from_secs(2) < done_after,
+        "first log frame after {first_after:?}, result after {done_after:?}"
+    );
     drop(c);
     sb.shutdown();
 }
