@@ -14,11 +14,13 @@ use std::time::{Duration, Instant};
 use husk_agent::client::{AgentClient, ClientConfig, ClientError};
 use husk_agent::config::{BootOptions, FunctionConfig, Mode};
 use husk_agent::protocol::{
-    Codec, Crash, ErrorCode, Invoke, InvokeResult, Message, Restored, Status,
+    Codec, Crash, ErrorCode, Invoke, InvokeResult, LogChunk, LogStream, Message, Restored, Status,
+    FEATURES, FEATURE_BUSY, FEATURE_INVOKE_METADATA, FEATURE_LOG_FRAMES, PROTOCOL_VERSION,
     RESULT_OUTPUT_TRUNCATED,
 };
 use husk_agent::reaper::{process_alive, Reaper};
-use husk_agent::server::{Agent, Listener, Platform, ServerConfig, ALREADY_USED};
+use husk_agent::runner::{LOG_CAP, STDERR_TAIL};
+use husk_agent::server::{Agent, Listener, Platform, ServerConfig, ALREADY_USED, BUSY_INVOKING};
 
 #[derive(Default)]
 struct TestPlatform {
@@ -66,6 +68,7 @@ fn bin(name: &str) -> PathBuf {
         "crasher" => env!("CARGO_BIN_EXE_fn-crasher"),
         "chatty" => env!("CARGO_BIN_EXE_fn-chatty"),
         "hash" => env!("CARGO_BIN_EXE_fn-hash"),
+        "meta" => env!("CARGO_BIN_EXE_fn-meta"),
         _ => panic!("unknown function {name}"),
     }
     .into()
@@ -103,11 +106,7 @@ impl Sandbox {
     }
     fn invoke(&self, payload: &[u8], deadline_ms: u32) -> Result<InvokeResult, ClientError> {
         self.client().invoke(
-            Invoke {
-                id: 7,
-                deadline_ms,
-                payload: payload.to_vec(),
-            },
+            Invoke::new(7, deadline_ms, payload.to_vec()),
             Duration::from_secs(20),
         )
     }
@@ -149,11 +148,7 @@ fn reuse_allows_many_invocations_on_one_connection() {
     for i in 0..5u64 {
         let r = c
             .invoke(
-                Invoke {
-                    id: i,
-                    deadline_ms: 5000,
-                    payload: format!("n{i}").into_bytes(),
-                },
+                Invoke::new(i, 5000, format!("n{i}").into_bytes()),
                 Duration::from_secs(10),
             )
             .unwrap();
@@ -393,11 +388,7 @@ fn restore_handshake_gates_invocations() {
     let mut c = sb.client();
     assert_eq!(c.hello().sandbox_id, "before");
     assert_eq!(c.hello().restore_generation, 0);
-    let inv = Invoke {
-        id: 1,
-        deadline_ms: 5000,
-        payload: b"x".to_vec(),
-    };
+    let inv = Invoke::new(1, 5000, b"x".to_vec());
     match c.invoke(inv.clone(), Duration::from_secs(5)) {
         Err(ClientError::Agent(e)) => assert_eq!(e.kind(), ErrorCode::AwaitingRestore),
         other => panic!("{other:?}"),
@@ -431,4 +422,298 @@ fn idle_connection_does_not_block_others_and_shutdown_is_forwarded() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(sb.platform.shutdowns.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn hello_announces_version_range_and_features() {
+    let sb = start("echo", Mode::Exec, |_| {});
+    let c = sb.client();
+    let h = c.hello();
+    assert_eq!(h.protocol_version, PROTOCOL_VERSION);
+    assert_eq!(h.min_protocol_version, 1);
+    assert_eq!(h.features, FEATURES);
+    assert!(c.has_feature(FEATURE_INVOKE_METADATA | FEATURE_LOG_FRAMES | FEATURE_BUSY));
+}
+
+#[test]
+fn invoke_with_an_unknown_future_field_is_served() {
+    let sb = start("echo", Mode::Exec, |_| {});
+    let mut c = sb.client();
+    // An Invoke as a newer host would send it: an optional field this agent does not know.
+    let mut frame = Codec::default()
+        .encode(&Message::Invoke(Invoke::new(3, 5000, b"future".to_vec())))
+        .unwrap();
+    let mut field = 0x0042u16.to_le_bytes().to_vec();
+    field.extend_from_slice(&4u32.to_le_bytes());
+    field.extend_from_slice(b"newt");
+    frame.extend_from_slice(&field);
+    let len = (frame.len() - 12) as u32;
+    frame[8..12].copy_from_slice(&len.to_le_bytes());
+    c.send_raw(&frame).unwrap();
+    match c.read_message(Duration::from_secs(5)).unwrap() {
+        Message::Result(r) => assert_eq!((r.id, r.body.as_slice()), (3, &b"future"[..])),
+        other => panic!("{other:?}"),
+    }
+    // The same field marked required is refused with a Malformed error.
+    let sb = start("echo", Mode::Exec, |_| {});
+    let mut c = sb.client();
+    let at = frame.len() - field.len();
+    frame[at..at + 2].copy_from_slice(&0x8042u16.to_le_bytes());
+    c.send_raw(&frame).unwrap();
+    match c.read_message(Duration::from_secs(5)).unwrap() {
+        Message::Error(e) => assert_eq!(e.kind(), ErrorCode::Malformed, "{}", e.message),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn meta_invoke(id: u64) -> Invoke {
+    Invoke {
+        request_id: Some(format!("req-{id}")),
+        deadline_unix_ms: Some(1_900_000_000_000 + id),
+        env: vec![
+            ("TENANT".into(), "acme".into()),
+            ("TRACE".into(), "a=b c".into()),
+        ],
+        ..Invoke::new(id, 5000, b"TENANT TRACE UNSET".to_vec())
+    }
+}
+
+fn expected_meta(id: u64) -> String {
+    format!(
+        "request_id=req-{id}\ndeadline_unix_ms={}\nTENANT=acme\nTRACE=a=b c\nUNSET=\n",
+        1_900_000_000_000 + id
+    )
+}
+
+#[test]
+fn metadata_reaches_the_exec_environment() {
+    let sb = start("meta", Mode::Exec, reuse);
+    let mut c = sb.client();
+    let r = c.invoke(meta_invoke(4), Duration::from_secs(10)).unwrap();
+    assert_eq!(r.status, Status::Ok);
+    assert_eq!(String::from_utf8_lossy(&r.body), expected_meta(4));
+    // Without metadata the function still gets a request id (the invocation id) and
+    // an absolute deadline computed by the agent.
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let r = c
+        .invoke(Invoke::new(12, 5000, vec![]), Duration::from_secs(10))
+        .unwrap();
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(body.starts_with("request_id=12\n"), "{body} {:?}", r.status);
+    let deadline: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("deadline_unix_ms="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        deadline >= before + 5000 && deadline < before + 15_000,
+        "deadline {deadline} vs now {before}"
+    );
+}
+
+#[test]
+fn metadata_reaches_the_worker_request_header() {
+    let sb = start("meta", Mode::Worker, reuse);
+    let mut c = sb.client();
+    for id in [1, 2] {
+        let r = c.invoke(meta_invoke(id), Duration::from_secs(10)).unwrap();
+        assert_eq!(r.status, Status::Ok);
+        assert_eq!(String::from_utf8_lossy(&r.body), expected_meta(id));
+    }
+}
+
+/// All log bytes of one stream, concatenated.
+fn stream_bytes(logs: &[LogChunk], stream: LogStream) -> Vec<u8> {
+    logs.iter()
+        .filter(|l| l.stream == stream)
+        .flat_map(|l| l.data.clone())
+        .collect()
+}
+
+fn log_invoke(id: u64, bytes: usize) -> Invoke {
+    Invoke {
+        stream_logs: true,
+        ..Invoke::new(id, 10_000, format!("log {bytes}").into_bytes())
+    }
+}
+
+fn assert_numbered_lines(data: &[u8], first: usize, step: usize, count: usize) {
+    let text = String::from_utf8_lossy(data);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), count);
+    for (k, line) in lines.iter().enumerate() {
+        assert!(
+            line.starts_with(&format!("log line {:06} ", first + k * step)),
+            "line {k}: {line}"
+        );
+    }
+}
+
+#[test]
+fn exec_logs_beyond_the_stderr_tail_arrive_as_log_frames() {
+    let sb = start("chatty", Mode::Exec, reuse);
+    let mut c = sb.client();
+    let (r, logs) = c
+        .invoke_with_logs(log_invoke(5, 200 * 64), Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (Status::Ok, &b"logged 12800"[..])
+    );
+    assert!(logs.iter().all(|l| l.id == 5));
+    let err = stream_bytes(&logs, LogStream::Stderr);
+    assert_eq!(err.len(), 200 * 64);
+    assert_numbered_lines(&err, 0, 1, 200);
+    assert!(!r.logs_truncated());
+    assert_eq!(r.logs_dropped, 0);
+    // The result's tail is still the last 4 KiB only.
+    assert_eq!(r.stderr_tail.len(), STDERR_TAIL);
+    assert!(err.ends_with(&r.stderr_tail));
+    // Without the ask, no Log frames come.
+    let (_, logs) = c
+        .invoke_with_logs(
+            Invoke::new(6, 10_000, b"log 10000".to_vec()),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    assert!(logs.is_empty());
+}
+
+#[test]
+fn worker_stdout_and_stderr_arrive_as_log_frames() {
+    let sb = start("chatty", Mode::Worker, reuse);
+    let mut c = sb.client();
+    for id in [1, 2] {
+        let (r, logs) = c
+            .invoke_with_logs(log_invoke(id, 300 * 64), Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(r.status, Status::Ok);
+        assert_eq!(r.body, b"logged 19200");
+        // Even lines on stdout, odd ones on stderr; each invocation gets only its own.
+        assert_numbered_lines(&stream_bytes(&logs, LogStream::Stdout), 0, 2, 150);
+        assert_numbered_lines(&stream_bytes(&logs, LogStream::Stderr), 1, 2, 150);
+    }
+}
+
+#[test]
+fn logs_past_the_cap_are_cut_and_flagged() {
+    let sb = start("chatty", Mode::Exec, |_| {});
+    let mut c = sb.client();
+    let total = LOG_CAP + 100 * 64;
+    let (r, logs) = c
+        .invoke_with_logs(log_invoke(1, total), Duration::from_secs(20))
+        .unwrap();
+    assert_eq!(r.status, Status::Ok);
+    let got: usize = logs.iter().map(|l| l.data.len()).sum();
+    assert_eq!(got, LOG_CAP);
+    assert!(r.logs_truncated());
+    assert_eq!(r.logs_dropped, (total - LOG_CAP) as u64);
+}
+
+#[test]
+fn second_invocation_while_one_runs_is_busy() {
+    for (mode, tweak) in [
+        (Mode::Exec, reuse as fn(&mut ServerConfig)),
+        (Mode::Worker, reuse),
+        (Mode::Exec, |_: &mut ServerConfig| {}),
+    ] {
+        let sb = start("sleeper", mode, tweak);
+        let path = sb.path.clone();
+        let first = std::thread::spawn(move || {
+            AgentClient::connect(&ClientConfig::new(&path))
+                .unwrap()
+                .invoke(
+                    Invoke::new(1, 5000, b"1500".to_vec()),
+                    Duration::from_secs(10),
+                )
+        });
+        // Wait until the first one runs (the flag is set as it is received).
+        std::thread::sleep(Duration::from_millis(500));
+        match sb.invoke(b"1", 5000) {
+            Err(ClientError::Agent(e)) => {
+                assert_eq!(e.kind(), ErrorCode::Busy, "{mode:?}");
+                assert_eq!(e.message, BUSY_INVOKING);
+            }
+            other => panic!("{mode:?}: expected Busy, got {other:?}"),
+        }
+        let r = first.join().unwrap().unwrap();
+        assert_eq!(r.status, Status::Ok, "{mode:?}");
+    }
+}
+
+#[test]
+fn empty_payload_closes_stdin_at_once() {
+    let sb = start("echo", Mode::Exec, |_| {});
+    let t = Instant::now();
+    let r = sb.invoke(b"", 5000).unwrap();
+    assert_eq!((r.status, r.body.len()), (Status::Ok, 0));
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+}
+
+#[test]
+fn log_frames_arrive_while_the_function_still_runs() {
+    for mode in [Mode::Exec, Mode::Worker] {
+        let sb = start(
+            if mode == Mode::Exec {
+                "sleeper"
+            } else {
+                "counter"
+            },
+            mode,
+            reuse,
+        );
+        let mut c = sb.client();
+        // exec: the sleeper logs `child=PID` at once, then sleeps 1.5 s.
+        // worker: the counter logs `counter at 1` and answers at once; the Log frame
+        // still comes first.
+        let inv = Invoke {
+            stream_logs: true,
+            ..Invoke::new(
+                8,
+                5000,
+                if mode == Mode::Exec {
+                    b"1500".to_vec()
+                } else {
+                    b"tick".to_vec()
+                },
+            )
+        };
+        let t = Instant::now();
+        let first = c
+            .request(&Message::Invoke(inv), Duration::from_secs(5))
+            .unwrap();
+        let first_after = t.elapsed();
+        let Message::Log(l) = first else {
+            panic!("{mode:?}: expected a Log frame first, got {first:?}")
+        };
+        assert_eq!((l.id, l.stream), (8, LogStream::Stderr));
+        // The rest of the output may come in more frames; then the Result.
+        let mut data = l.data;
+        loop {
+            match c.read_message(Duration::from_secs(5)).unwrap() {
+                Message::Log(l) => data.extend(l.data),
+                Message::Result(r) => {
+                    assert_eq!(r.status, Status::Ok);
+                    break;
+                }
+                other => panic!("{mode:?}: expected the result, got {other:?}"),
+            }
+        }
+        let text = String::from_utf8_lossy(&data).into_owned();
+        if mode == Mode::Exec {
+            assert!(text.starts_with("child="), "{text}");
+            assert!(
+                first_after < Duration::from_millis(1000)
+                    && t.elapsed() >= Duration::from_millis(1500),
+                "log after {first_after:?}, result after {:?}",
+                t.elapsed()
+            );
+        } else {
+            assert_eq!(text, "counter at 1\n");
+        }
+    }
 }

@@ -1,19 +1,28 @@
 //! Host-side client for schedulers: connects through the hybrid vsock Unix socket
 //! (`CONNECT <port>\n` → `OK <host_port>\n`), reads the agent's Hello, sends invocations
-//! and receives results, with a timeout on every step.
+//! and receives results.
+//!
+//! Every call has ONE deadline for the whole call (connect: socket + handshake + Hello;
+//! invoke: send + log frames + result), not a timeout per read: before each read or
+//! write the socket timeout is set to what is left of the deadline, so a peer that
+//! dribbles one byte at a time cannot stretch a call past it.
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::DEFAULT_PORT;
 use crate::protocol::{
-    Codec, ErrorMsg, Hello, Invoke, InvokeResult, Limits, Message, ProtocolError, Restored,
+    Codec, ErrorMsg, Hello, Invoke, InvokeResult, Limits, LogChunk, Message, ProtocolError,
+    Restored, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 
 /// Longest handshake reply line accepted.
 const MAX_HANDSHAKE_LINE: usize = 64;
+/// Most log bytes the client keeps for one invocation (the agent's own cap is lower;
+/// this only bounds what a misbehaving peer can make the host buffer).
+pub const MAX_CLIENT_LOG_BYTES: usize = 16 * 1024 * 1024;
 
 /// Client errors, each saying what to check.
 #[derive(Debug, thiserror::Error)]
@@ -39,9 +48,20 @@ pub enum ClientError {
     /// The VMM answered something other than `OK <port>`.
     #[error("bad hybrid vsock handshake reply {0:?}; expected \"OK <port>\"")]
     HandshakeBadReply(String),
-    /// A step did not finish in time.
+    /// The call's deadline passed.
     #[error("timed out {0}")]
     Timeout(&'static str),
+    /// The agent speaks no protocol version this client speaks.
+    #[error("the agent speaks protocol versions {agent_min}..={agent_max}, this client {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}; use matching husk and husk-agent builds")]
+    Incompatible {
+        /// The agent's oldest version.
+        agent_min: u16,
+        /// The agent's newest version.
+        agent_max: u16,
+    },
+    /// The invocation's metadata breaks a protocol limit.
+    #[error("invalid invocation: {0}")]
+    InvalidInvoke(String),
     /// Framing failure.
     #[error("agent protocol error")]
     Protocol(#[source] ProtocolError),
@@ -63,9 +83,9 @@ pub struct ClientConfig {
     pub uds: PathBuf,
     /// The guest vsock port the agent listens on.
     pub port: u32,
-    /// Time allowed for the handshake and the Hello.
+    /// Deadline for the whole connect: socket, hybrid handshake and the agent's Hello.
     pub connect_timeout: Duration,
-    /// Time allowed for writing a frame.
+    /// Deadline for calls that take no timeout of their own (`shutdown`, `send_raw`).
     pub write_timeout: Duration,
     /// Frame size limits.
     pub limits: Limits,
@@ -89,6 +109,7 @@ pub struct AgentClient {
     stream: UnixStream,
     codec: Codec,
     hello: Hello,
+    write_timeout: Duration,
 }
 
 fn io_err(e: io::Error, what: &'static str) -> ClientError {
@@ -105,6 +126,43 @@ fn proto_err(e: ProtocolError, what: &'static str) -> ClientError {
     }
 }
 
+/// The stream with one deadline for every read and write through it: each operation
+/// gets the socket timeout set to what is left, and none starts after the deadline.
+struct Timed<'a> {
+    stream: &'a mut UnixStream,
+    end: Instant,
+}
+
+impl Timed<'_> {
+    fn left(&self) -> io::Result<Duration> {
+        let left = self.end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        // A zero socket timeout would mean "block forever"; round tiny rests up.
+        Ok(left.max(Duration::from_micros(100)))
+    }
+}
+
+impl Read for Timed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.left()?;
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buf)
+    }
+}
+
+impl Write for Timed<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let left = self.left()?;
+        self.stream.set_write_timeout(Some(left))?;
+        self.stream.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
 /// Connect to a Unix socket, mapping the common failures to clear errors.
 fn connect_uds(path: &Path) -> Result<UnixStream, ClientError> {
     UnixStream::connect(path).map_err(|e| match e.kind() {
@@ -117,15 +175,29 @@ fn connect_uds(path: &Path) -> Result<UnixStream, ClientError> {
     })
 }
 
-/// Do the hybrid vsock handshake on a connected stream; returns the host-side port.
-pub fn hybrid_handshake(stream: &mut UnixStream, port: u32) -> Result<u32, ClientError> {
-    stream
-        .write_all(format!("CONNECT {port}\n").as_bytes())
+/// Do the hybrid vsock handshake on a connected stream, all of it within `timeout`;
+/// returns the host-side port.
+pub fn hybrid_handshake(
+    stream: &mut UnixStream,
+    port: u32,
+    timeout: Duration,
+) -> Result<u32, ClientError> {
+    handshake(
+        &mut Timed {
+            stream,
+            end: Instant::now() + timeout,
+        },
+        port,
+    )
+}
+
+fn handshake(t: &mut Timed<'_>, port: u32) -> Result<u32, ClientError> {
+    t.write_all(format!("CONNECT {port}\n").as_bytes())
         .map_err(|e| io_err(e, "sending CONNECT"))?;
     let mut line = Vec::new();
     loop {
         let mut b = [0u8; 1];
-        match stream.read(&mut b) {
+        match t.read(&mut b) {
             Ok(0) => {
                 if line.is_empty() {
                     return Err(ClientError::HandshakeClosed(port));
@@ -153,34 +225,42 @@ pub fn hybrid_handshake(stream: &mut UnixStream, port: u32) -> Result<u32, Clien
         .ok_or(ClientError::HandshakeBadReply(text))
 }
 
+fn unexpected(got: &Message, wanted: &str) -> ClientError {
+    ClientError::UnexpectedReply(format!("{:?} instead of {wanted}", got.message_type()))
+}
+
 impl AgentClient {
-    /// Connect, handshake and read the agent's Hello.
+    /// Connect, handshake and read the agent's Hello, all within `cfg.connect_timeout`,
+    /// and check that the agent speaks a protocol version this client speaks.
     pub fn connect(cfg: &ClientConfig) -> Result<Self, ClientError> {
+        let end = Instant::now() + cfg.connect_timeout;
         let mut stream = connect_uds(&cfg.uds)?;
-        stream
-            .set_read_timeout(Some(cfg.connect_timeout))
-            .map_err(ClientError::Io)?;
-        stream
-            .set_write_timeout(Some(cfg.write_timeout))
-            .map_err(ClientError::Io)?;
-        hybrid_handshake(&mut stream, cfg.port)?;
         let codec = Codec::new(cfg.limits);
-        let hello = match codec.read_frame(&mut stream) {
+        let mut t = Timed {
+            stream: &mut stream,
+            end,
+        };
+        handshake(&mut t, cfg.port)?;
+        let hello = match codec.read_frame(&mut t) {
             Ok(Message::Hello(h)) => h,
             Ok(Message::Error(e)) => return Err(ClientError::Agent(e)),
-            Ok(other) => {
-                return Err(ClientError::UnexpectedReply(format!(
-                    "{:?} instead of hello",
-                    other.message_type()
-                )))
-            }
+            Ok(other) => return Err(unexpected(&other, "hello")),
             Err(ProtocolError::Closed) => return Err(ClientError::HandshakeClosed(cfg.port)),
             Err(e) => return Err(proto_err(e, "waiting for the agent's hello")),
         };
+        if hello.min_protocol_version > PROTOCOL_VERSION
+            || hello.protocol_version < MIN_PROTOCOL_VERSION
+        {
+            return Err(ClientError::Incompatible {
+                agent_min: hello.min_protocol_version,
+                agent_max: hello.protocol_version,
+            });
+        }
         Ok(Self {
             stream,
             codec,
             hello,
+            write_timeout: cfg.write_timeout,
         })
     }
 
@@ -188,14 +268,14 @@ impl AgentClient {
     /// there yet, nobody listening, agent not yet on its port) retry every 20 ms for up
     /// to `wait`. Other errors return at once.
     pub fn connect_with_retry(cfg: &ClientConfig, wait: Duration) -> Result<Self, ClientError> {
-        let end = std::time::Instant::now() + wait;
+        let end = Instant::now() + wait;
         loop {
             match Self::connect(cfg) {
                 Err(
                     ClientError::SocketMissing(_)
                     | ClientError::Refused(_)
                     | ClientError::HandshakeClosed(_),
-                ) if std::time::Instant::now() < end => {
+                ) if Instant::now() < end => {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 other => return other,
@@ -208,49 +288,109 @@ impl AgentClient {
         &self.hello
     }
 
-    /// Send a message and read one reply within `timeout`.
+    /// The protocol version both sides speak (the newer of the common range).
+    pub fn protocol_version(&self) -> u16 {
+        self.hello.protocol_version.min(PROTOCOL_VERSION)
+    }
+
+    /// Whether the agent announced all of the `FEATURE_*` bits in `f`.
+    pub fn has_feature(&self, f: u64) -> bool {
+        self.hello.features & f == f
+    }
+
+    fn timed(&mut self, timeout: Duration) -> Timed<'_> {
+        Timed {
+            stream: &mut self.stream,
+            end: Instant::now() + timeout,
+        }
+    }
+
+    /// Send a message and read one reply, both within `timeout`.
     pub fn request(&mut self, msg: &Message, timeout: Duration) -> Result<Message, ClientError> {
-        self.codec
-            .write_frame(&mut self.stream, msg)
+        let codec = self.codec;
+        let mut t = self.timed(timeout);
+        codec
+            .write_frame(&mut t, msg)
             .map_err(|e| proto_err(e, "sending a frame"))?;
-        self.read_message(timeout)
+        codec
+            .read_frame(&mut t)
+            .map_err(|e| proto_err(e, "waiting for the agent's reply"))
     }
 
     /// Read one message within `timeout`.
     pub fn read_message(&mut self, timeout: Duration) -> Result<Message, ClientError> {
-        self.stream
-            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
-            .map_err(ClientError::Io)?;
-        self.codec
-            .read_frame(&mut self.stream)
+        let codec = self.codec;
+        codec
+            .read_frame(&mut self.timed(timeout))
             .map_err(|e| proto_err(e, "waiting for the agent's reply"))
     }
 
-    /// Write raw bytes (tests of malformed input).
+    /// Write raw bytes (tests of malformed input), within the write timeout.
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.stream
+        let timeout = self.write_timeout;
+        self.timed(timeout)
             .write_all(bytes)
             .map_err(|e| io_err(e, "sending raw bytes"))
     }
 
-    /// Run one invocation; `timeout` bounds the wait for the result.
+    /// Run one invocation; `timeout` bounds the whole call (send, logs, result). Log
+    /// frames, if the invocation asked for them, are dropped; see
+    /// [`AgentClient::invoke_with_logs`].
     pub fn invoke(&mut self, inv: Invoke, timeout: Duration) -> Result<InvokeResult, ClientError> {
+        self.invoke_with_logs(inv, timeout).map(|(r, _)| r)
+    }
+
+    /// Run one invocation and collect the Log frames the agent sends before the result
+    /// (only when `inv.stream_logs` is set and the agent has
+    /// [`crate::protocol::FEATURE_LOG_FRAMES`]). `timeout` bounds the whole call.
+    pub fn invoke_with_logs(
+        &mut self,
+        inv: Invoke,
+        timeout: Duration,
+    ) -> Result<(InvokeResult, Vec<LogChunk>), ClientError> {
+        inv.validate().map_err(ClientError::InvalidInvoke)?;
         let id = inv.id;
-        match self.request(&Message::Invoke(inv), timeout)? {
-            Message::Result(r) if r.id == id => Ok(r),
-            Message::Result(r) => Err(ClientError::UnexpectedReply(format!(
-                "result for invocation {} while waiting for {id}",
-                r.id
-            ))),
-            Message::Error(e) => Err(ClientError::Agent(e)),
-            other => Err(ClientError::UnexpectedReply(format!(
-                "{:?} instead of a result",
-                other.message_type()
-            ))),
+        let codec = self.codec;
+        let mut t = self.timed(timeout);
+        codec
+            .write_frame(&mut t, &Message::Invoke(inv))
+            .map_err(|e| proto_err(e, "sending the invocation"))?;
+        let mut logs = Vec::new();
+        let mut log_bytes = 0usize;
+        loop {
+            let msg = codec
+                .read_frame(&mut t)
+                .map_err(|e| proto_err(e, "waiting for the invocation's result"))?;
+            match msg {
+                Message::Log(l) if l.id == id => {
+                    log_bytes += l.data.len();
+                    if log_bytes > MAX_CLIENT_LOG_BYTES {
+                        return Err(ClientError::UnexpectedReply(format!(
+                            "more than {MAX_CLIENT_LOG_BYTES} bytes of log frames"
+                        )));
+                    }
+                    logs.push(l);
+                }
+                Message::Result(r) if r.id == id => return Ok((r, logs)),
+                Message::Result(r) => {
+                    return Err(ClientError::UnexpectedReply(format!(
+                        "result for invocation {} while waiting for {id}",
+                        r.id
+                    )))
+                }
+                Message::Log(l) => {
+                    return Err(ClientError::UnexpectedReply(format!(
+                        "log for invocation {} while waiting for {id}",
+                        l.id
+                    )))
+                }
+                Message::Error(e) => return Err(ClientError::Agent(e)),
+                other => return Err(unexpected(&other, "a result")),
+            }
         }
     }
 
-    /// Ping the agent.
+    /// Ping the agent within `timeout`.
     pub fn ping(&mut self, nonce: u64, timeout: Duration) -> Result<(), ClientError> {
         match self.request(&Message::Ping(nonce), timeout)? {
             Message::Pong(n) if n == nonce => Ok(()),
@@ -261,7 +401,7 @@ impl AgentClient {
         }
     }
 
-    /// Tell the agent it was restored; returns its new Hello.
+    /// Tell the agent it was restored; returns its new Hello. `timeout` bounds the call.
     pub fn restored(&mut self, r: Restored, timeout: Duration) -> Result<Hello, ClientError> {
         match self.request(&Message::Restored(r), timeout)? {
             Message::Hello(h) => {
@@ -269,17 +409,17 @@ impl AgentClient {
                 Ok(h)
             }
             Message::Error(e) => Err(ClientError::Agent(e)),
-            other => Err(ClientError::UnexpectedReply(format!(
-                "{:?} instead of hello",
-                other.message_type()
-            ))),
+            other => Err(unexpected(&other, "hello")),
         }
     }
 
-    /// Ask the agent to reboot the guest (no reply is expected).
+    /// Ask the agent to reboot the guest (no reply is expected), within the write
+    /// timeout.
     pub fn shutdown(&mut self) -> Result<(), ClientError> {
-        self.codec
-            .write_frame(&mut self.stream, &Message::Shutdown)
+        let codec = self.codec;
+        let timeout = self.write_timeout;
+        codec
+            .write_frame(&mut self.timed(timeout), &Message::Shutdown)
             .map_err(|e| proto_err(e, "sending shutdown"))
     }
 }

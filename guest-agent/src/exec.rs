@@ -8,11 +8,26 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use crate::config::FunctionConfig;
-use crate::protocol::{Crash, Status, RESULT_OUTPUT_TRUNCATED};
+use crate::protocol::{Crash, LogStream, Status, RESULT_OUTPUT_TRUNCATED};
 use crate::reaper::{Exit, Reaper};
 use crate::runner::{
-    abort_spawn, spawn_function, FunctionProcess, Outcome, RunError, Tail, GRACE, STDERR_TAIL,
+    abort_spawn, spawn_function, FunctionProcess, LiveLogs, Outcome, RunError, Tail, GRACE,
+    STDERR_TAIL,
 };
+use crate::worker::RequestMeta;
+
+/// Environment variable with the invocation's request id (exec mode).
+pub const ENV_REQUEST_ID: &str = "HUSK_REQUEST_ID";
+/// Environment variable with the absolute deadline, ms since the Unix epoch (exec mode).
+pub const ENV_DEADLINE_MS: &str = "HUSK_DEADLINE_MS";
+
+/// The environment an exec-mode function gets for `meta` (on top of function.json's).
+pub fn meta_env(meta: &RequestMeta) -> Vec<(String, String)> {
+    let mut env = meta.env.clone();
+    env.push((ENV_REQUEST_ID.into(), meta.request_id.clone()));
+    env.push((ENV_DEADLINE_MS.into(), meta.deadline_unix_ms.to_string()));
+    env
+}
 
 /// Stdout bytes kept up to a cap; the rest is read and dropped.
 #[derive(Debug)]
@@ -97,12 +112,15 @@ fn poll(fds: &[(RawFd, i16)], timeout: Duration) -> Vec<i16> {
     pfds.iter().map(|p| p.revents).collect()
 }
 
-/// Run one exec-mode invocation.
+/// Run one exec-mode invocation; `meta` reaches the function as environment variables
+/// and its stderr is pushed to `logs` as it arrives.
 pub fn run_exec(
     reaper: &Reaper,
     cfg: &FunctionConfig,
+    meta: &RequestMeta,
     payload: Vec<u8>,
     deadline: Duration,
+    logs: Option<&LiveLogs>,
 ) -> Result<Outcome, RunError> {
     let start = Instant::now();
     let FunctionProcess {
@@ -110,20 +128,24 @@ pub fn run_exec(
         stdin,
         mut stdout,
         mut stderr,
-    } = spawn_function(reaper, cfg)?;
+    } = spawn_function(reaper, cfg, &meta_env(meta), None)?;
     let fail = |e: io::Error| abort_spawn(reaper, pid, e);
     for fd in [stdin.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()] {
         set_nonblocking(fd).map_err(fail)?;
     }
     let pidfd = pidfd_open(pid);
-    let mut stdin = if payload.is_empty() {
-        None
-    } else {
-        Some(stdin)
-    };
+    // An empty payload closes stdin at once (`then_some` consumes the pipe either way:
+    // a shadowed, still-open pipe would leave the function waiting for EOF).
+    let mut stdin = (!payload.is_empty()).then_some(stdin);
     let mut written = 0usize;
     let mut out = Capture::new(cfg.output_cap);
     let mut err = Tail::new(STDERR_TAIL);
+    let mut on_err = |d: &[u8]| {
+        err.push(d);
+        if let Some(l) = logs {
+            l.push(LogStream::Stderr, d);
+        }
+    };
     let (mut out_open, mut err_open) = (true, true);
     let mut buf = vec![0u8; 64 * 1024];
     let deadline_at = start + deadline;
@@ -178,7 +200,7 @@ pub fn run_exec(
             out_open = drain(&mut stdout, |d| out.push(d), &mut buf);
         }
         if err_open && ready(stderr.as_raw_fd()) != 0 {
-            err_open = drain(&mut stderr, |d| err.push(d), &mut buf);
+            err_open = drain(&mut stderr, &mut on_err, &mut buf);
         }
         if let Some(s) = stdin.as_mut() {
             if ready(s.as_raw_fd()) != 0 {
@@ -203,7 +225,7 @@ pub fn run_exec(
             // The function is gone; whatever it forked must not outlive the invocation
             // (and must not keep its pipes open).
             drain(&mut stdout, |d| out.push(d), &mut buf);
-            drain(&mut stderr, |d| err.push(d), &mut buf);
+            drain(&mut stderr, &mut on_err, &mut buf);
             Reaper::kill_group(pid);
             grace_until = Some(Instant::now() + GRACE);
         }

@@ -14,6 +14,7 @@
 //! - [`config`]: boot options (`husk.*` on the kernel command line) and function.json.
 //! - [`pid1`]: mounts, SIGTERM, reboot, the ready marker. [`vsock`]: AF_VSOCK listener.
 //! - [`pack`]: the reproducible initramfs packer behind `husk pack`.
+//! - [`sync`]: the poison-tolerant lock helpers and the one error-chain printer.
 
 pub mod client;
 pub mod config;
@@ -24,5 +25,6 @@ pub mod protocol;
 pub mod reaper;
 pub mod runner;
 pub mod server;
+pub mod sync;
 pub mod vsock;
 pub mod worker;

@@ -11,6 +11,11 @@ use crate::server::{log, Platform};
 pub const READY_PORT: u16 = 0x440;
 /// Byte written to [`READY_PORT`] when the agent is ready.
 pub const READY_VALUE: u8 = 0x7b;
+/// Byte written to [`READY_PORT`] when the agent hit a fatal error: the VMM stops the VM
+/// and `husk` exits with its own status (5), distinct from a clean reboot (0).
+pub const FATAL_VALUE: u8 = 0xfa;
+/// How long [`fatal`] waits for the VMM to stop the VM before ending PID 1 itself.
+const FATAL_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Whether this process is the guest's init.
 pub fn is_pid1() -> bool {
@@ -110,8 +115,8 @@ pub fn reboot() -> ! {
     }
 }
 
-/// Write the boot-ready marker to the VMM's I/O port.
-pub fn write_ready_marker() -> io::Result<()> {
+/// Write `value` to the VMM's marker port.
+fn write_marker(value: u8) -> io::Result<()> {
     // SAFETY: ioperm(2) only changes this thread's I/O permission bitmap.
     if unsafe { libc::ioperm(libc::c_ulong::from(READY_PORT), 1, 1) } != 0 {
         return Err(io::Error::last_os_error());
@@ -119,10 +124,35 @@ pub fn write_ready_marker() -> io::Result<()> {
     // SAFETY: ioperm above granted access to exactly this port; writing one byte to the
     // VMM's marker port has no effect on memory.
     unsafe {
-        std::arch::asm!("out dx, al", in("dx") READY_PORT, in("al") READY_VALUE,
+        std::arch::asm!("out dx, al", in("dx") READY_PORT, in("al") value,
             options(nomem, nostack, preserves_flags));
     }
     Ok(())
+}
+
+/// Write the boot-ready marker to the VMM's I/O port.
+pub fn write_ready_marker() -> io::Result<()> {
+    write_marker(READY_VALUE)
+}
+
+/// End the VM because the agent cannot go on: log `msg`, write [`FATAL_VALUE`] to the
+/// marker port (the VMM stops the VM; `husk` exits 5). If the VM still runs after a
+/// grace period (no port access, or a VMM that ignores the value), PID 1 exits, which
+/// panics the guest kernel (`husk` exits 3): never the clean-reboot status 0.
+pub fn fatal(msg: &str) -> ! {
+    log(&format!("fatal: {msg}"));
+    if let Err(e) = write_marker(FATAL_VALUE) {
+        log(&format!("cannot write the fatal marker: {e}"));
+    }
+    std::thread::sleep(FATAL_GRACE);
+    log("the VMM did not stop the VM; exiting PID 1 (kernel panic)");
+    std::process::exit(1)
+}
+
+/// Make any panic in the agent fatal for the VM (PID 1 only): a half-working agent
+/// must not look like a healthy sandbox.
+pub fn fatal_on_panic() {
+    std::panic::set_hook(Box::new(|info| fatal(&format!("agent panicked: {info}"))));
 }
 
 /// The real machine: reboot on shutdown, apply entropy and clock on restore.

@@ -5,7 +5,7 @@
 //! | offset | size | field                                   |
 //! |--------|------|-----------------------------------------|
 //! | 0      | 4    | magic `b"HUSK"`                         |
-//! | 4      | 1    | protocol version ([`PROTOCOL_VERSION`]) |
+//! | 4      | 1    | framing version ([`FRAME_VERSION`])     |
 //! | 5      | 1    | message type ([`MessageType`])          |
 //! | 6      | 2    | flags, little endian (must be 0 in v1)  |
 //! | 8      | 4    | body length, little endian              |
@@ -13,6 +13,16 @@
 //! Bodies are sequences of little-endian integers and length-prefixed (`u32`) byte
 //! strings; see each message's `encode`/`decode`. All lengths are bounded: a frame body
 //! may not exceed the codec's `max_body` ([`Limits`]), and every string has its own cap.
+//!
+//! ## Growing without breaking
+//! The framing version byte changes only if the header itself changes. The message set
+//! has its own version ([`PROTOCOL_VERSION`], a range from [`MIN_PROTOCOL_VERSION`]
+//! announced in the Hello) and feature bits (`FEATURE_*`, also in the Hello). New data is
+//! added as *extension fields* after a message's fixed fields: each is
+//! `tag u16 LE, length u32 LE, value`. A receiver skips extension fields it does not
+//! know, unless the tag has bit 15 ([`EXT_REQUIRED`]) set, which means "refuse the
+//! message if you do not understand this"; a known tag appearing twice is malformed.
+//! A peer that sends no extension fields (protocol version 1) is read with defaults.
 //!
 //! Header errors (bad magic, version, flags, oversized) leave the stream out of sync, so
 //! a receiver answers with an [`Message::Error`] and closes the connection. Body errors
@@ -23,8 +33,32 @@ use std::io::{self, Read, Write};
 
 /// Frame magic: the ASCII bytes `HUSK`.
 pub const MAGIC: [u8; 4] = *b"HUSK";
-/// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The framing version (header byte 4); changes only when the header layout changes.
+pub const FRAME_VERSION: u8 = 1;
+/// The newest message-set version this crate speaks (announced in the Hello).
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The oldest message-set version this crate still speaks.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+/// Feature bit: Invoke carries request metadata (request id, absolute deadline, env).
+pub const FEATURE_INVOKE_METADATA: u64 = 1 << 0;
+/// Feature bit: the agent sends [`Message::Log`] frames when an Invoke asks for them.
+pub const FEATURE_LOG_FRAMES: u64 = 1 << 1;
+/// Feature bit: a second invocation while one runs is answered with [`ErrorCode::Busy`].
+pub const FEATURE_BUSY: u64 = 1 << 2;
+/// Every feature this crate implements.
+pub const FEATURES: u64 = FEATURE_INVOKE_METADATA | FEATURE_LOG_FRAMES | FEATURE_BUSY;
+/// Extension tag bit: the receiver must refuse the message if it does not know the tag.
+pub const EXT_REQUIRED: u16 = 0x8000;
+/// Longest request id (visible ASCII, no spaces).
+pub const MAX_REQUEST_ID: usize = 128;
+/// Most per-invocation environment variables.
+pub const MAX_ENV_VARS: usize = 64;
+/// Longest per-invocation environment variable name.
+pub const MAX_ENV_NAME: usize = 128;
+/// Longest per-invocation environment variable value.
+pub const MAX_ENV_VALUE: usize = 4096;
+/// Most data bytes in one [`Message::Log`] frame.
+pub const MAX_LOG_CHUNK: usize = 32 * 1024;
 /// Size of the frame header in bytes.
 pub const HEADER_LEN: usize = 12;
 /// Default limit on an invocation payload and on a result body (6 MiB).
@@ -47,7 +81,7 @@ pub enum ProtocolError {
     #[error("bad frame magic {0:02x?}: the peer does not speak the husk agent protocol")]
     BadMagic([u8; 4]),
     /// The version byte is not ours.
-    #[error("unsupported protocol version {got} (this side speaks {PROTOCOL_VERSION}); use matching husk and husk-agent builds")]
+    #[error("unsupported framing version {got} (this side speaks {FRAME_VERSION}); use matching husk and husk-agent builds")]
     UnsupportedVersion {
         /// The version the peer sent.
         got: u8,
@@ -188,6 +222,8 @@ pub enum MessageType {
     Error = 7,
     /// Host → agent: sync and reboot the guest.
     Shutdown = 8,
+    /// Agent → host: function output lines, before the Result (protocol version 2).
+    Log = 9,
 }
 
 impl MessageType {
@@ -201,6 +237,7 @@ impl MessageType {
             6 => Self::Pong,
             7 => Self::Error,
             8 => Self::Shutdown,
+            9 => Self::Log,
             _ => return None,
         })
     }
@@ -209,8 +246,13 @@ impl MessageType {
 /// First frame the agent sends on every connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
-    /// Protocol version the agent speaks.
+    /// The newest protocol (message set) version the agent speaks.
     pub protocol_version: u16,
+    /// The oldest protocol version the agent speaks (extension field 1; absent: same as
+    /// `protocol_version`).
+    pub min_protocol_version: u16,
+    /// `FEATURE_*` bits the agent implements (extension field 2; absent: 0).
+    pub features: u64,
     /// The agent's crate version.
     pub agent_version: String,
     /// Identifier of this sandbox (changes on restore).
@@ -220,14 +262,110 @@ pub struct Hello {
 }
 
 /// One function invocation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Invoke {
     /// Caller-chosen id, echoed in the result.
     pub id: u64,
-    /// Deadline in milliseconds; 0 means the function's configured default.
+    /// Deadline in milliseconds; 0 means the function's configured default. This is the
+    /// deadline the agent enforces.
     pub deadline_ms: u32,
     /// Opaque payload bytes.
     pub payload: Vec<u8>,
+    /// Extension field 1: the platform's request id, handed to the function
+    /// (1 to [`MAX_REQUEST_ID`] visible ASCII characters).
+    pub request_id: Option<String>,
+    /// Extension field 2: the absolute deadline in ms since the Unix epoch (host
+    /// clock), handed to the function as is; informational, `deadline_ms` is enforced.
+    pub deadline_unix_ms: Option<u64>,
+    /// Extension field 3: extra environment for this invocation (exec mode: process
+    /// environment; worker mode: request header). Names `[A-Za-z_][A-Za-z0-9_]*`, not
+    /// starting with `HUSK_`; values without NUL, CR or LF.
+    pub env: Vec<(String, String)>,
+    /// Extension field 4 (bit 0 of a u32): send the function's output lines as
+    /// [`Message::Log`] frames before the Result.
+    pub stream_logs: bool,
+}
+
+impl Invoke {
+    /// An invocation without metadata.
+    pub fn new(id: u64, deadline_ms: u32, payload: Vec<u8>) -> Self {
+        Self {
+            id,
+            deadline_ms,
+            payload,
+            ..Self::default()
+        }
+    }
+
+    /// Check the metadata against its limits; the agent refuses what fails here.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(r) = &self.request_id {
+            if r.is_empty() || r.len() > MAX_REQUEST_ID {
+                return Err(format!(
+                    "request id must be 1 to {MAX_REQUEST_ID} characters, got {}",
+                    r.len()
+                ));
+            }
+            if !r.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err("request id must be visible ASCII without spaces".into());
+            }
+        }
+        if self.env.len() > MAX_ENV_VARS {
+            return Err(format!(
+                "{} environment variables exceed the limit of {MAX_ENV_VARS}",
+                self.env.len()
+            ));
+        }
+        for (i, (name, value)) in self.env.iter().enumerate() {
+            if !valid_env_name(name) {
+                return Err(format!(
+                    "environment variable name {name:?} must match [A-Za-z_][A-Za-z0-9_]* and have at most {MAX_ENV_NAME} characters"
+                ));
+            }
+            if name.starts_with("HUSK_") {
+                return Err(format!(
+                    "environment variable {name} uses the reserved HUSK_ prefix"
+                ));
+            }
+            if value.len() > MAX_ENV_VALUE || value.contains(['\0', '\r', '\n']) {
+                return Err(format!(
+                    "value of {name} must have at most {MAX_ENV_VALUE} bytes and no NUL, CR or LF"
+                ));
+            }
+            if self.env[..i].iter().any(|(n, _)| n == name) {
+                return Err(format!("environment variable {name} is given twice"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn valid_env_name(n: &str) -> bool {
+    let b = n.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_ENV_NAME
+        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
+/// Which of the function's streams a [`LogChunk`] came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStream {
+    /// Standard output (worker mode only: in exec mode stdout is the body).
+    Stdout = 1,
+    /// Standard error.
+    Stderr = 2,
+}
+
+/// Function output sent before the Result when the Invoke set `stream_logs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogChunk {
+    /// The invocation this output belongs to.
+    pub id: u64,
+    /// The stream.
+    pub stream: LogStream,
+    /// The bytes, at most [`MAX_LOG_CHUNK`].
+    pub data: Vec<u8>,
 }
 
 /// How an invocation ended when the function died.
@@ -259,6 +397,8 @@ pub enum Status {
 pub const RESULT_OUTPUT_TRUNCATED: u32 = 1;
 /// Result flag: the function was restarted after this invocation (worker died or timed out).
 pub const RESULT_WORKER_RESTARTED: u32 = 2;
+/// Result flag: the Log frames were cut at the agent's log cap (see `logs_dropped`).
+pub const RESULT_LOGS_TRUNCATED: u32 = 4;
 
 /// The result of one invocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -275,12 +415,19 @@ pub struct InvokeResult {
     pub body: Vec<u8>,
     /// The last bytes the function wrote to stderr.
     pub stderr_tail: Vec<u8>,
+    /// Extension field 1: log bytes not sent because of the log cap (0: none).
+    pub logs_dropped: u64,
 }
 
 impl InvokeResult {
     /// Whether the body was cut at the output cap.
     pub fn output_truncated(&self) -> bool {
         self.flags & RESULT_OUTPUT_TRUNCATED != 0
+    }
+
+    /// Whether the Log frames were cut at the agent's log cap.
+    pub fn logs_truncated(&self) -> bool {
+        self.flags & RESULT_LOGS_TRUNCATED != 0
     }
 }
 
@@ -346,6 +493,8 @@ pub enum Message {
     Error(ErrorMsg),
     /// Ask the agent to sync and reboot the guest.
     Shutdown,
+    /// See [`LogChunk`].
+    Log(LogChunk),
 }
 
 impl Message {
@@ -360,6 +509,7 @@ impl Message {
             Self::Pong(_) => MessageType::Pong,
             Self::Error(_) => MessageType::Error,
             Self::Shutdown => MessageType::Shutdown,
+            Self::Log(_) => MessageType::Log,
         }
     }
 
@@ -372,11 +522,31 @@ impl Message {
                 w.bytes(h.agent_version.as_bytes());
                 w.bytes(h.sandbox_id.as_bytes());
                 w.u64(h.restore_generation);
+                w.ext(HELLO_MIN_VERSION, &h.min_protocol_version.to_le_bytes());
+                w.ext(HELLO_FEATURES, &h.features.to_le_bytes());
             }
             Self::Invoke(i) => {
                 w.u64(i.id);
                 w.u32(i.deadline_ms);
                 w.bytes(&i.payload);
+                if let Some(r) = &i.request_id {
+                    w.ext(INVOKE_REQUEST_ID, r.as_bytes());
+                }
+                if let Some(d) = i.deadline_unix_ms {
+                    w.ext(INVOKE_DEADLINE_UNIX_MS, &d.to_le_bytes());
+                }
+                if !i.env.is_empty() {
+                    let mut e = BodyWriter::default();
+                    e.u32(i.env.len().try_into().unwrap_or(u32::MAX));
+                    for (k, v) in &i.env {
+                        e.bytes(k.as_bytes());
+                        e.bytes(v.as_bytes());
+                    }
+                    w.ext(INVOKE_ENV, &e.0);
+                }
+                if i.stream_logs {
+                    w.ext(INVOKE_FLAGS, &INVOKE_FLAG_STREAM_LOGS.to_le_bytes());
+                }
             }
             Self::Result(r) => {
                 w.u64(r.id);
@@ -393,6 +563,9 @@ impl Message {
                 w.u64(r.duration_us);
                 w.bytes(&r.body);
                 w.bytes(&r.stderr_tail);
+                if r.logs_dropped != 0 {
+                    w.ext(RESULT_LOGS_DROPPED, &r.logs_dropped.to_le_bytes());
+                }
             }
             Self::Restored(r) => {
                 w.bytes(&r.entropy_seed);
@@ -405,6 +578,11 @@ impl Message {
                 w.bytes(e.message.as_bytes());
             }
             Self::Shutdown => {}
+            Self::Log(l) => {
+                w.u64(l.id);
+                w.u8(l.stream as u8);
+                w.bytes(&l.data);
+            }
         }
         w.0
     }
@@ -415,17 +593,62 @@ impl Message {
         let what = type_name(t);
         let mut r = BodyReader { buf: body, what };
         let msg = match t {
-            MessageType::Hello => Self::Hello(Hello {
-                protocol_version: r.u16()?,
-                agent_version: r.string(MAX_SHORT_STRING)?,
-                sandbox_id: r.string(MAX_SHORT_STRING)?,
-                restore_generation: r.u64()?,
-            }),
-            MessageType::Invoke => Self::Invoke(Invoke {
-                id: r.u64()?,
-                deadline_ms: r.u32()?,
-                payload: r.bytes(usize::MAX)?,
-            }),
+            MessageType::Hello => {
+                let protocol_version = r.u16()?;
+                let mut h = Hello {
+                    protocol_version,
+                    agent_version: r.string(MAX_SHORT_STRING)?,
+                    sandbox_id: r.string(MAX_SHORT_STRING)?,
+                    restore_generation: r.u64()?,
+                    min_protocol_version: protocol_version,
+                    features: 0,
+                };
+                r.extensions(|tag, v| {
+                    match tag {
+                        HELLO_MIN_VERSION => h.min_protocol_version = v.u16()?,
+                        HELLO_FEATURES => h.features = v.u64()?,
+                        _ => return Ok(false),
+                    }
+                    Ok(true)
+                })?;
+                if h.min_protocol_version > h.protocol_version {
+                    return Err(r.malformed(format!(
+                        "version range {}..={} is empty",
+                        h.min_protocol_version, h.protocol_version
+                    )));
+                }
+                Self::Hello(h)
+            }
+            MessageType::Invoke => {
+                let mut i = Invoke::new(r.u64()?, r.u32()?, r.bytes(usize::MAX)?);
+                r.extensions(|tag, v| {
+                    match tag {
+                        INVOKE_REQUEST_ID => i.request_id = Some(v.rest_string()?),
+                        INVOKE_DEADLINE_UNIX_MS => i.deadline_unix_ms = Some(v.u64()?),
+                        INVOKE_ENV => {
+                            let n = v.u32()? as usize;
+                            if n > MAX_ENV_VARS {
+                                return Err(v.malformed(format!(
+                                    "{n} environment variables exceed the limit of {MAX_ENV_VARS}"
+                                )));
+                            }
+                            for _ in 0..n {
+                                let k = v.string(MAX_ENV_NAME)?;
+                                let val = v.string(MAX_ENV_VALUE)?;
+                                i.env.push((k, val));
+                            }
+                        }
+                        INVOKE_FLAGS => {
+                            // Unknown flag bits are ignored (a newer host's optional asks).
+                            i.stream_logs = v.u32()? & INVOKE_FLAG_STREAM_LOGS != 0;
+                        }
+                        _ => return Ok(false),
+                    }
+                    Ok(true)
+                })?;
+                i.validate().map_err(|reason| r.malformed(reason))?;
+                Self::Invoke(i)
+            }
             MessageType::Result => {
                 let id = r.u64()?;
                 let tag = r.u8()?;
@@ -443,14 +666,23 @@ impl Message {
                     4 => Status::Crashed(Crash::Exit(value)),
                     other => return Err(r.malformed(format!("unknown status tag {other}"))),
                 };
-                Self::Result(InvokeResult {
+                let mut res = InvokeResult {
                     id,
                     status,
                     flags: r.u32()?,
                     duration_us: r.u64()?,
                     body: r.bytes(usize::MAX)?,
                     stderr_tail: r.bytes(MAX_STDERR_TAIL)?,
-                })
+                    logs_dropped: 0,
+                };
+                r.extensions(|tag, v| {
+                    match tag {
+                        RESULT_LOGS_DROPPED => res.logs_dropped = v.u64()?,
+                        _ => return Ok(false),
+                    }
+                    Ok(true)
+                })?;
+                Self::Result(res)
             }
             MessageType::Restored => Self::Restored(Restored {
                 entropy_seed: r.bytes(MAX_ENTROPY_SEED)?,
@@ -464,10 +696,22 @@ impl Message {
                 message: r.string(MAX_ERROR_MESSAGE)?,
             }),
             MessageType::Shutdown => Self::Shutdown,
+            MessageType::Log => {
+                let id = r.u64()?;
+                let stream = match r.u8()? {
+                    1 => LogStream::Stdout,
+                    2 => LogStream::Stderr,
+                    other => return Err(r.malformed(format!("unknown log stream {other}"))),
+                };
+                Self::Log(LogChunk {
+                    id,
+                    stream,
+                    data: r.bytes(MAX_LOG_CHUNK)?,
+                })
+            }
         };
-        if !r.buf.is_empty() {
-            return Err(r.malformed(format!("{} trailing bytes", r.buf.len())));
-        }
+        // Messages without extension fields of their own still tolerate a newer peer's.
+        r.extensions(|_, _| Ok(false))?;
         Ok(msg)
     }
 }
@@ -482,8 +726,19 @@ fn type_name(t: MessageType) -> &'static str {
         MessageType::Pong => "pong",
         MessageType::Error => "error",
         MessageType::Shutdown => "shutdown",
+        MessageType::Log => "log",
     }
 }
+
+// Extension field tags, per message type.
+const HELLO_MIN_VERSION: u16 = 1;
+const HELLO_FEATURES: u16 = 2;
+const INVOKE_REQUEST_ID: u16 = 1;
+const INVOKE_DEADLINE_UNIX_MS: u16 = 2;
+const INVOKE_ENV: u16 = 3;
+const INVOKE_FLAGS: u16 = 4;
+const INVOKE_FLAG_STREAM_LOGS: u32 = 1;
+const RESULT_LOGS_DROPPED: u16 = 1;
 
 #[derive(Default)]
 struct BodyWriter(Vec<u8>);
@@ -510,6 +765,11 @@ impl BodyWriter {
         let len = u32::try_from(b.len()).unwrap_or(u32::MAX);
         self.u32(len);
         self.0.extend_from_slice(b);
+    }
+    /// One extension field.
+    fn ext(&mut self, tag: u16, value: &[u8]) {
+        self.u16(tag);
+        self.bytes(value);
     }
 }
 
@@ -567,6 +827,49 @@ impl<'a> BodyReader<'a> {
         let b = self.bytes(max)?;
         String::from_utf8(b).map_err(|_| self.malformed("string is not UTF-8".into()))
     }
+    /// The rest of an extension value as a string (its length is the field's).
+    fn rest_string(&mut self) -> Result<String, ProtocolError> {
+        let b = std::mem::take(&mut self.buf).to_vec();
+        String::from_utf8(b).map_err(|_| self.malformed("string is not UTF-8".into()))
+    }
+    /// Read the extension area (everything after the fixed fields): `field` decodes a
+    /// tag it knows from the value reader and returns true, or returns false to skip
+    /// it. Unknown required tags, repeated known tags, and known values with leftover
+    /// bytes are malformed.
+    fn extensions(
+        &mut self,
+        mut field: impl FnMut(u16, &mut BodyReader<'a>) -> Result<bool, ProtocolError>,
+    ) -> Result<(), ProtocolError> {
+        // Known tags are all below 64: a bit per tag finds repeats in O(1).
+        let mut seen = 0u64;
+        while !self.buf.is_empty() {
+            let tag = self.u16()?;
+            let len = self.u32()? as usize;
+            let value = self.take(len)?;
+            let mut v = BodyReader {
+                buf: value,
+                what: self.what,
+            };
+            if field(tag, &mut v)? {
+                let bit = 1u64 << (tag % 64);
+                if tag >= 64 || seen & bit != 0 {
+                    return Err(self.malformed(format!("extension field {tag} appears twice")));
+                }
+                seen |= bit;
+                if !v.buf.is_empty() {
+                    return Err(self.malformed(format!(
+                        "extension field {tag} has {} extra bytes",
+                        v.buf.len()
+                    )));
+                }
+            } else if tag & EXT_REQUIRED != 0 {
+                return Err(self.malformed(format!(
+                    "required extension field {tag:#06x} is not supported by this side; use matching husk and husk-agent builds"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A parsed frame header.
@@ -620,7 +923,7 @@ impl Codec {
         if magic != MAGIC {
             return Err(ProtocolError::BadMagic(magic));
         }
-        if h[4] != PROTOCOL_VERSION {
+        if h[4] != FRAME_VERSION {
             return Err(ProtocolError::UnsupportedVersion { got: h[4] });
         }
         let flags = u16::from_le_bytes([h[6], h[7]]);
@@ -654,7 +957,7 @@ impl Codec {
         })?;
         let mut out = Vec::with_capacity(HEADER_LEN + body.len());
         out.extend_from_slice(&MAGIC);
-        out.push(PROTOCOL_VERSION);
+        out.push(FRAME_VERSION);
         out.push(msg.message_type() as u8);
         out.extend_from_slice(&0u16.to_le_bytes());
         out.extend_from_slice(&len.to_le_bytes());

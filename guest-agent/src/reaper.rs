@@ -12,6 +12,8 @@ use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use crate::sync::{lock, wait, wait_timeout};
 use std::time::{Duration, Instant};
 
 /// How a child ended.
@@ -42,7 +44,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, HashMap<i32, Option<Exit>>> {
-        self.children.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.children)
     }
     fn record(&self, pid: i32, exit: Exit) {
         let mut map = self.lock();
@@ -124,18 +126,13 @@ impl Reaper {
                 Some(None) => {}
             }
             match end {
-                None => map = self.shared.cv.wait(map).unwrap_or_else(|p| p.into_inner()),
+                None => map = wait(&self.shared.cv, map),
                 Some(end) => {
                     let now = Instant::now();
                     if now >= end {
                         return None;
                     }
-                    map = self
-                        .shared
-                        .cv
-                        .wait_timeout(map, end - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
+                    map = wait_timeout(&self.shared.cv, map, end - now);
                 }
             }
         }
@@ -189,7 +186,7 @@ fn reap_all(shared: &Shared) {
         }
         // ECHILD: no children right now. Sleep until a spawn or a short timeout.
         let map = shared.lock();
-        let _ = shared.cv.wait_timeout(map, Duration::from_millis(200));
+        drop(wait_timeout(&shared.cv, map, Duration::from_millis(200)));
     }
 }
 

@@ -1,23 +1,32 @@
 //! Running the function: exec mode (one process per invocation) and worker mode (one
-//! long-lived process speaking [`crate::worker`] frames), with deadlines, output caps and
-//! stderr tails. The function is untrusted: nothing it does may hang the agent.
+//! long-lived process speaking [`crate::worker`] frames), with deadlines, output caps,
+//! stderr tails and log capture. The function is untrusted: nothing it does may hang
+//! the agent.
 
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::config::{FunctionConfig, Mode};
-use crate::protocol::{Crash, Status, RESULT_OUTPUT_TRUNCATED, RESULT_WORKER_RESTARTED};
+use crate::protocol::{
+    Crash, LogStream, Status, MAX_LOG_CHUNK, RESULT_LOGS_TRUNCATED, RESULT_OUTPUT_TRUNCATED,
+    RESULT_WORKER_RESTARTED,
+};
 use crate::reaper::{Exit, Reaper};
-use crate::worker;
+use crate::sync::{lock, wait, wait_timeout};
+use crate::worker::{self, RequestMeta};
 
 /// How many trailing stderr bytes are kept per invocation.
 pub const STDERR_TAIL: usize = 4096;
+/// Most log bytes (stdout and stderr together) sent as Log frames per invocation;
+/// the rest is counted in the result's `logs_dropped` and flagged.
+pub const LOG_CAP: usize = 1024 * 1024;
 /// How long to wait for a killed function to be reaped and its pipes to close.
 pub(crate) const GRACE: Duration = Duration::from_secs(2);
 
@@ -54,6 +63,127 @@ pub struct Outcome {
     pub stderr_tail: Vec<u8>,
 }
 
+/// One invocation's log output, shared between the readers of the function's pipes
+/// (which push as data arrives) and the sender of Log frames (which takes chunks while
+/// the function runs, so the host sees them live).
+#[derive(Debug)]
+pub struct LiveLogs {
+    buf: Mutex<LogBuf>,
+    cv: Condvar,
+    finished: std::sync::atomic::AtomicBool,
+}
+
+impl LiveLogs {
+    /// Logs of one invocation, keeping at most `cap` bytes in all.
+    pub fn new(cap: usize) -> Arc<Self> {
+        Arc::new(Self {
+            buf: Mutex::new(LogBuf::new(cap)),
+            cv: Condvar::new(),
+            finished: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Append output and wake the sender.
+    pub fn push(&self, stream: LogStream, data: &[u8]) {
+        lock(&self.buf).push(stream, data);
+        self.cv.notify_all();
+    }
+
+    /// The invocation is over: nothing more will be pushed.
+    pub fn finish(&self) {
+        self.finished.store(true, Ordering::SeqCst);
+        self.cv.notify_all();
+    }
+
+    /// Take the chunks gathered so far.
+    pub fn take(&self) -> Vec<(LogStream, Vec<u8>)> {
+        std::mem::take(&mut lock(&self.buf).chunks)
+    }
+
+    /// Wait until there is output (then give it `linger` to grow into fewer, larger
+    /// frames) or the invocation finished. Returns the chunks and whether it finished;
+    /// after `(_, true)` nothing more comes.
+    pub fn next(&self, linger: Duration) -> (Vec<(LogStream, Vec<u8>)>, bool) {
+        let mut g = lock(&self.buf);
+        while g.chunks.is_empty() && !self.finished.load(Ordering::SeqCst) {
+            g = wait(&self.cv, g);
+        }
+        if !self.finished.load(Ordering::SeqCst) && g.pending() < MAX_LOG_CHUNK {
+            g = wait_timeout(&self.cv, g, linger);
+        }
+        // Read `finished` before taking: a push before finish() is then in this take.
+        let finished = self.finished.load(Ordering::SeqCst);
+        (std::mem::take(&mut g.chunks), finished)
+    }
+
+    /// Bytes dropped at the cap.
+    pub fn dropped(&self) -> u64 {
+        lock(&self.buf).dropped
+    }
+
+    /// The result flag for the log cut (0 when nothing was dropped).
+    pub fn flags(&self) -> u32 {
+        if self.dropped() > 0 {
+            RESULT_LOGS_TRUNCATED
+        } else {
+            0
+        }
+    }
+}
+
+/// The function's log output for one invocation, in arrival order, up to a cap.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogBuf {
+    /// Chunks of at most [`MAX_LOG_CHUNK`] bytes, each from one stream.
+    pub chunks: Vec<(LogStream, Vec<u8>)>,
+    /// Bytes kept.
+    pub bytes: usize,
+    /// Bytes dropped at the cap.
+    pub dropped: u64,
+    cap: usize,
+}
+
+impl LogBuf {
+    /// An empty buffer keeping up to `cap` bytes (0: keep nothing, count nothing).
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            ..Self::default()
+        }
+    }
+
+    /// Bytes in chunks not taken yet.
+    pub fn pending(&self) -> usize {
+        self.chunks.iter().map(|(_, c)| c.len()).sum()
+    }
+
+    /// Append output from `stream`.
+    pub fn push(&mut self, stream: LogStream, data: &[u8]) {
+        if self.cap == 0 {
+            return;
+        }
+        let room = self.cap - self.bytes;
+        let (keep, drop) = data.split_at(data.len().min(room));
+        self.dropped += drop.len() as u64;
+        self.bytes += keep.len();
+        let mut rest = keep;
+        while !rest.is_empty() {
+            let fits = match self.chunks.last() {
+                Some((s, c)) if *s == stream && c.len() < MAX_LOG_CHUNK => MAX_LOG_CHUNK - c.len(),
+                _ => {
+                    self.chunks.push((stream, Vec::new()));
+                    MAX_LOG_CHUNK
+                }
+            };
+            let (now, later) = rest.split_at(rest.len().min(fits));
+            if let Some((_, c)) = self.chunks.last_mut() {
+                c.extend_from_slice(now);
+            }
+            rest = later;
+        }
+    }
+}
+
 /// Last `cap` bytes of a stream, plus a running count of all bytes seen.
 #[derive(Debug, Default)]
 pub(crate) struct Tail {
@@ -87,22 +217,27 @@ impl Tail {
     }
 }
 
-type SharedTail = Arc<Mutex<Tail>>;
-
-fn lock_tail(t: &SharedTail) -> std::sync::MutexGuard<'_, Tail> {
-    t.lock().unwrap_or_else(|p| p.into_inner())
+/// What a worker wrote to stdout and stderr: the stderr tail, and the current
+/// invocation's logs when it asked for them.
+#[derive(Debug)]
+struct Output {
+    tail: Tail,
+    logs: Option<Arc<LiveLogs>>,
 }
 
-/// Keep reading the worker's stderr into the tail until EOF. `busy` is set from the
-/// moment data is seen in the pipe until it is in the tail, so [`settle`] can tell
-/// when everything written so far has been captured.
-fn spawn_tail_reader(
-    mut r: ChildStderr,
-    tail: SharedTail,
-    busy: Arc<AtomicBool>,
+type SharedOutput = Arc<Mutex<Output>>;
+
+/// Keep reading one of the worker's log pipes until EOF. `busy` counts readers from the
+/// moment data is seen in a pipe until it is captured, so [`settle`] can tell when
+/// everything written so far has been captured.
+fn spawn_log_reader<R: Read + AsRawFd + Send + 'static>(
+    mut r: R,
+    stream: LogStream,
+    out: SharedOutput,
+    busy: Arc<AtomicUsize>,
 ) -> io::Result<()> {
     thread::Builder::new()
-        .name("fn-stderr".into())
+        .name(format!("fn-{stream:?}"))
         .spawn(move || {
             let mut buf = [0u8; 4096];
             loop {
@@ -118,17 +253,32 @@ fn spawn_tail_reader(
                     }
                     break;
                 }
-                busy.store(true, Ordering::SeqCst);
+                busy.fetch_add(1, Ordering::SeqCst);
                 let n = match r.read(&mut buf) {
-                    Ok(0) => break,
                     Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
-                    Err(_) => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                        busy.fetch_sub(1, Ordering::SeqCst);
+                        continue;
+                    }
+                    Err(_) => 0,
                 };
-                lock_tail(&tail).push(&buf[..n]);
-                busy.store(false, Ordering::SeqCst);
+                if n > 0 {
+                    let logs = {
+                        let mut o = lock(&out);
+                        if stream == LogStream::Stderr {
+                            o.tail.push(&buf[..n]);
+                        }
+                        o.logs.clone()
+                    };
+                    if let Some(l) = logs {
+                        l.push(stream, &buf[..n]);
+                    }
+                }
+                busy.fetch_sub(1, Ordering::SeqCst);
+                if n == 0 {
+                    break;
+                }
             }
-            busy.store(false, Ordering::SeqCst);
         })
         .map(|_| ())
 }
@@ -145,10 +295,12 @@ fn pending(fd: &OwnedFd) -> libc::c_int {
     }
 }
 
-/// Wait (at most 200 ms) until all stderr written so far is in the tail.
-fn settle(pipe: &OwnedFd, busy: &AtomicBool) {
+/// Wait (at most 200 ms) until all output written to `pipes` so far is captured.
+fn settle(pipes: &[OwnedFd], busy: &AtomicUsize) {
     let end = Instant::now() + Duration::from_millis(200);
-    while (pending(pipe) > 0 || busy.load(Ordering::SeqCst)) && Instant::now() < end {
+    while (pipes.iter().any(|p| pending(p) > 0) || busy.load(Ordering::SeqCst) > 0)
+        && Instant::now() < end
+    {
         thread::sleep(Duration::from_micros(200));
     }
 }
@@ -161,13 +313,26 @@ pub(crate) struct FunctionProcess {
     pub(crate) stderr: ChildStderr,
 }
 
-/// Start the function `cfg` describes (exec and worker mode alike). If a later setup
-/// step fails, hand its error to [`abort_spawn`] so the process does not linger.
+/// Start the function `cfg` describes (exec and worker mode alike) with `env` added to
+/// its environment, and in worker mode `response` as its descriptor
+/// [`worker::RESPONSE_FD`]. If a later setup step fails, hand its error to
+/// [`abort_spawn`] so the process does not linger.
 pub(crate) fn spawn_function(
     reaper: &Reaper,
     cfg: &FunctionConfig,
+    env: &[(String, String)],
+    response: Option<&OwnedFd>,
 ) -> Result<FunctionProcess, RunError> {
-    let mut cmd = build_command(cfg)?;
+    let mut cmd = build_command(cfg, env)?;
+    if let Some(fd) = response {
+        let raw = fd.as_raw_fd();
+        cmd.env(worker::RESPONSE_FD_ENV, worker::RESPONSE_FD.to_string());
+        // SAFETY: the closure runs in the forked child before exec and only calls
+        // dup2(2) and fcntl(2), which are async-signal-safe; it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || move_fd(raw, worker::RESPONSE_FD));
+        }
+    }
     let mut child = reaper.spawn(&mut cmd).map_err(|source| RunError::Spawn {
         path: cfg.path.display().to_string(),
         source,
@@ -196,7 +361,38 @@ pub(crate) fn abort_spawn(reaper: &Reaper, pid: i32, e: io::Error) -> RunError {
     RunError::Setup(e)
 }
 
-pub(crate) fn build_command(cfg: &FunctionConfig) -> Result<Command, RunError> {
+/// In a forked child: make `from` available as descriptor `to`, inherited by exec.
+fn move_fd(from: RawFd, to: RawFd) -> io::Result<()> {
+    if from == to {
+        // dup2 would be a no-op and keep close-on-exec: clear it instead.
+        // SAFETY: fcntl(2) on a descriptor this process holds; no memory involved.
+        if unsafe { libc::fcntl(to, libc::F_SETFD, 0) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        return Ok(());
+    }
+    // SAFETY: dup2(2) on descriptors this process holds; the copy has no CLOEXEC.
+    if unsafe { libc::dup2(from, to) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A pipe with close-on-exec set on both ends: (read, write).
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2(2) writes two descriptors into the valid two-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are fresh and owned by nothing else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+pub(crate) fn build_command(
+    cfg: &FunctionConfig,
+    env: &[(String, String)],
+) -> Result<Command, RunError> {
     let path = cfg.path.display().to_string();
     if !is_executable(&cfg.path) {
         return Err(RunError::NotExecutable(path));
@@ -205,6 +401,7 @@ pub(crate) fn build_command(cfg: &FunctionConfig) -> Result<Command, RunError> {
     cmd.args(&cfg.args)
         .env_clear()
         .envs(&cfg.env)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env(
             "HUSK_MODE",
             match cfg.mode {
@@ -242,29 +439,33 @@ pub struct Worker {
     pid: i32,
     stdin: Arc<Mutex<ChildStdin>>,
     responses: Receiver<io::Result<worker::Response>>,
-    stderr: SharedTail,
-    stderr_pipe: OwnedFd,
-    stderr_busy: Arc<AtomicBool>,
+    output: SharedOutput,
+    log_pipes: Vec<OwnedFd>,
+    log_busy: Arc<AtomicUsize>,
 }
 
 impl Worker {
-    /// Start the worker process.
+    /// Start the worker process: requests on its stdin, responses on descriptor
+    /// [`worker::RESPONSE_FD`], stdout and stderr captured as logs.
     pub fn start(reaper: &Reaper, cfg: &FunctionConfig) -> Result<Self, RunError> {
+        let (resp_read, resp_write) = pipe().map_err(RunError::Setup)?;
         let FunctionProcess {
             pid,
             stdin,
             stdout,
             stderr,
-        } = spawn_function(reaper, cfg)?;
+        } = spawn_function(reaper, cfg, &[], Some(&resp_write))?;
+        // Only the worker may hold the write end: its exit then ends our reads.
+        drop(resp_write);
         let fail = |e: io::Error| abort_spawn(reaper, pid, e);
         let (tx, responses) = mpsc::channel();
         let cap = cfg.output_cap;
         thread::Builder::new()
-            .name("worker-stdout".into())
+            .name("worker-responses".into())
             .spawn(move || {
-                let mut stdout = io::BufReader::new(stdout);
+                let mut input = io::BufReader::new(std::fs::File::from(resp_read));
                 loop {
-                    let r = worker::read_response(&mut stdout, cap);
+                    let r = worker::read_response(&mut input, cap);
                     let failed = r.is_err();
                     if tx.send(r).is_err() || failed {
                         break;
@@ -272,17 +473,26 @@ impl Worker {
                 }
             })
             .map_err(fail)?;
-        let tail = Arc::new(Mutex::new(Tail::new(STDERR_TAIL)));
-        let stderr_pipe = stderr.as_fd().try_clone_to_owned().map_err(fail)?;
-        let stderr_busy = Arc::new(AtomicBool::new(false));
-        spawn_tail_reader(stderr, tail.clone(), stderr_busy.clone()).map_err(fail)?;
+        let output = Arc::new(Mutex::new(Output {
+            tail: Tail::new(STDERR_TAIL),
+            logs: None,
+        }));
+        let log_pipes = vec![
+            stdout.as_fd().try_clone_to_owned().map_err(fail)?,
+            stderr.as_fd().try_clone_to_owned().map_err(fail)?,
+        ];
+        let log_busy = Arc::new(AtomicUsize::new(0));
+        spawn_log_reader(stdout, LogStream::Stdout, output.clone(), log_busy.clone())
+            .map_err(fail)?;
+        spawn_log_reader(stderr, LogStream::Stderr, output.clone(), log_busy.clone())
+            .map_err(fail)?;
         Ok(Self {
             pid,
             stdin: Arc::new(Mutex::new(stdin)),
             responses,
-            stderr: tail,
-            stderr_pipe,
-            stderr_busy,
+            output,
+            log_pipes,
+            log_busy,
         })
     }
 
@@ -291,30 +501,40 @@ impl Worker {
         self.pid
     }
 
-    /// Send one request and wait for its response until `deadline`. Returns the outcome
-    /// and whether the worker is still usable.
+    /// Send one request and wait for its response until `deadline`, pushing the
+    /// worker's output to `logs` while it runs. Returns the outcome and whether the
+    /// worker is still usable.
     pub fn invoke(
         &mut self,
         reaper: &Reaper,
+        meta: RequestMeta,
         payload: Vec<u8>,
         deadline: Duration,
+        logs: Option<Arc<LiveLogs>>,
     ) -> (Outcome, bool) {
         let start = Instant::now();
+        // Output written between invocations belongs to none: capture it first, then
+        // start this invocation's logs.
+        settle(&self.log_pipes, &self.log_busy);
+        let stderr_mark = {
+            let mut o = lock(&self.output);
+            o.logs = logs;
+            o.tail.total
+        };
         // Drop responses the worker wrote unasked (they would be mistaken for ours).
         while let Ok(stale) = self.responses.try_recv() {
             if stale.is_err() {
-                return self.died(reaper, 0);
+                return self.died(reaper, stderr_mark);
             }
         }
-        let stderr_mark = lock_tail(&self.stderr).total;
         let stdin = self.stdin.clone();
         // Writing may block if the worker does not read; do it off this thread so the
         // deadline still holds.
         let spawned = thread::Builder::new()
             .name("worker-stdin".into())
             .spawn(move || {
-                let mut stdin = stdin.lock().unwrap_or_else(|p| p.into_inner());
-                let _ = worker::write_request(&mut *stdin, &payload);
+                let mut stdin = lock(&stdin);
+                let _ = worker::write_request(&mut *stdin, &meta, &payload);
             });
         if spawned.is_err() {
             return self.died(reaper, stderr_mark);
@@ -322,6 +542,7 @@ impl Worker {
         let remaining = deadline.saturating_sub(start.elapsed());
         match self.responses.recv_timeout(remaining) {
             Ok(Ok(resp)) => {
+                let stderr_tail = self.output_since(stderr_mark);
                 let outcome = Outcome {
                     status: if resp.ok {
                         Status::Ok
@@ -334,7 +555,7 @@ impl Worker {
                         0
                     },
                     body: resp.body,
-                    stderr_tail: self.stderr_since(stderr_mark),
+                    stderr_tail,
                 };
                 (outcome, true)
             }
@@ -342,21 +563,25 @@ impl Worker {
             Err(RecvTimeoutError::Timeout) => {
                 Reaper::kill_group(self.pid);
                 let _ = reaper.wait_timeout(self.pid, Some(GRACE));
+                let stderr_tail = self.output_since(stderr_mark);
                 let outcome = Outcome {
                     status: Status::Timeout,
                     flags: RESULT_WORKER_RESTARTED,
                     body: Vec::new(),
-                    stderr_tail: self.stderr_since(stderr_mark),
+                    stderr_tail,
                 };
                 (outcome, false)
             }
         }
     }
 
-    fn stderr_since(&self, mark: u64) -> Vec<u8> {
-        // The function wrote its stderr before its response: wait until it is captured.
-        settle(&self.stderr_pipe, &self.stderr_busy);
-        lock_tail(&self.stderr).since(mark)
+    /// The stderr tail since `mark`; ends this invocation's log capture.
+    fn output_since(&self, mark: u64) -> Vec<u8> {
+        // The function wrote its logs before its response: wait until they are captured.
+        settle(&self.log_pipes, &self.log_busy);
+        let mut o = lock(&self.output);
+        o.logs = None;
+        o.tail.since(mark)
     }
 
     /// The worker's stdout ended or broke: collect its exit and report a crash.
@@ -370,11 +595,12 @@ impl Worker {
                 .wait_timeout(self.pid, Some(GRACE))
                 .unwrap_or(Exit::Signal(libc::SIGKILL)),
         };
+        let stderr_tail = self.output_since(stderr_mark);
         let outcome = Outcome {
             status: Status::Crashed(crash_of(exit)),
             flags: RESULT_WORKER_RESTARTED,
             body: Vec::new(),
-            stderr_tail: self.stderr_since(stderr_mark),
+            stderr_tail,
         };
         (outcome, false)
     }
@@ -406,5 +632,30 @@ mod tests {
         }
         assert!(t.buf.len() <= 8);
         assert_eq!(t.since(0), b"6789");
+    }
+
+    #[test]
+    fn log_buf_keeps_order_chunks_and_counts_what_it_drops() {
+        let mut l = LogBuf::new(MAX_LOG_CHUNK + 10);
+        l.push(LogStream::Stderr, b"a");
+        l.push(LogStream::Stderr, b"b");
+        l.push(LogStream::Stdout, b"c");
+        l.push(LogStream::Stderr, &vec![b'x'; MAX_LOG_CHUNK]);
+        let shape: Vec<_> = l.chunks.iter().map(|(s, c)| (*s, c.len())).collect();
+        assert_eq!(
+            shape,
+            [
+                (LogStream::Stderr, 2),
+                (LogStream::Stdout, 1),
+                (LogStream::Stderr, MAX_LOG_CHUNK)
+            ]
+        );
+        assert_eq!((l.bytes, l.dropped), (MAX_LOG_CHUNK + 3, 0));
+        l.push(LogStream::Stderr, &[b'y'; 20]);
+        assert_eq!((l.bytes, l.dropped), (MAX_LOG_CHUNK + 10, 13));
+        assert!(l.chunks.iter().all(|(_, c)| c.len() <= MAX_LOG_CHUNK));
+        let mut off = LogBuf::new(0);
+        off.push(LogStream::Stderr, b"ignored");
+        assert_eq!((off.bytes, off.dropped, off.chunks.len()), (0, 0, 0));
     }
 }

@@ -1,26 +1,32 @@
 //! The agent's server logic, generic over the listener (vsock in the guest, a Unix
-//! socket in tests): sends Hello on each connection, runs invocations one at a time,
-//! enforces the one-invocation rule and the restore handshake, and answers every
-//! malformed frame with an Error frame.
+//! socket in tests): sends Hello on each connection, runs invocations one at a time
+//! (a second one while one runs gets `Busy`), enforces the one-invocation rule and the
+//! restore handshake, and answers every malformed frame with an Error frame.
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::{BootOptions, FunctionConfig, Mode, MAX_DEADLINE_MS};
 use crate::exec::run_exec;
 use crate::protocol::{
-    Codec, ErrorCode, ErrorMsg, Hello, Invoke, InvokeResult, Limits, Message, ProtocolError,
-    Restored, PROTOCOL_VERSION,
+    Codec, ErrorCode, ErrorMsg, Hello, Invoke, InvokeResult, Limits, LogChunk, Message,
+    ProtocolError, Restored, FEATURES, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use crate::reaper::Reaper;
-use crate::runner::{Outcome, RunError, Worker};
+use crate::runner::{LiveLogs, Outcome, RunError, Worker, LOG_CAP};
+pub use crate::sync::error_chain;
+use crate::sync::lock;
+use crate::worker::RequestMeta;
 
 /// The message sent when a second invocation reaches a single-use sandbox.
 pub const ALREADY_USED: &str =
     "sandbox already used an invocation; start a new sandbox or boot with husk.reuse=1";
+/// The message sent when an invocation arrives while another one runs.
+pub const BUSY_INVOKING: &str =
+    "an invocation is already running in this sandbox; wait for its result or use another sandbox";
 /// The message sent when an invocation arrives before the restore handshake.
 pub const AWAITING_RESTORE: &str = "sandbox was restored from a snapshot and waits for the host's Restored message; send it before invoking";
 
@@ -30,7 +36,18 @@ pub trait Connection: Read + Write + Send + 'static {
     fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()>;
     /// Set the write timeout (`None`: block).
     fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()>;
+    /// Another handle to the same connection (Log frames are written through one while
+    /// the connection's thread runs the invocation).
+    fn try_clone(&self) -> io::Result<Self>
+    where
+        Self: Sized;
 }
+
+/// Where the Log frames of a running invocation go.
+pub type LogWriter = Box<dyn Write + Send>;
+
+/// How long the log sender lets output accumulate before sending a frame.
+const LOG_LINGER: Duration = Duration::from_millis(20);
 
 /// Something that accepts connections.
 pub trait Listener: Send + 'static {
@@ -46,6 +63,9 @@ impl Connection for UnixStream {
     }
     fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         UnixStream::set_write_timeout(self, t)
+    }
+    fn try_clone(&self) -> io::Result<Self> {
+        UnixStream::try_clone(self)
     }
 }
 
@@ -111,10 +131,25 @@ pub struct Agent {
     reaper: Reaper,
     platform: Box<dyn Platform>,
     connections: AtomicUsize,
+    /// An invocation is running (at most one at a time).
+    running: AtomicBool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// Clears the running flag when the invocation ends, however it ends.
+struct Running<'a>(&'a AtomicBool);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Wall-clock time in ms since the Unix epoch (0 if the clock is before it).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// A random sandbox id (16 hex digits).
@@ -162,6 +197,7 @@ impl Agent {
             reaper,
             platform,
             connections: AtomicUsize::new(0),
+            running: AtomicBool::new(false),
         }))
     }
 
@@ -173,33 +209,43 @@ impl Agent {
     fn hello(&self) -> Message {
         let st = lock(&self.state);
         Message::Hello(Hello {
-            protocol_version: u16::from(PROTOCOL_VERSION),
+            protocol_version: PROTOCOL_VERSION,
+            min_protocol_version: MIN_PROTOCOL_VERSION,
+            features: FEATURES,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             sandbox_id: st.sandbox_id.clone(),
             restore_generation: st.restore_generation,
         })
     }
 
-    /// Handle one request message and produce the reply (if any).
-    pub fn handle(&self, msg: Message) -> Option<Message> {
+    /// Handle one request message and produce the replies, in order (none for
+    /// Shutdown). Log frames of an invocation that asked for them are among the replies,
+    /// before the Result; see [`Agent::handle_live`] to send them while it runs.
+    pub fn handle(&self, msg: Message) -> Vec<Message> {
+        self.handle_live(msg, None)
+    }
+
+    /// Like [`Agent::handle`], but an invocation's Log frames are written to `logs` as
+    /// the function produces them (all of them before this returns the Result).
+    pub fn handle_live(&self, msg: Message, logs: Option<LogWriter>) -> Vec<Message> {
         match msg {
-            Message::Invoke(inv) => Some(self.invoke(inv)),
-            Message::Ping(n) => Some(Message::Pong(n)),
-            Message::Restored(r) => Some(self.restore(r)),
+            Message::Invoke(inv) => self.invoke(inv, logs),
+            Message::Ping(n) => vec![Message::Pong(n)],
+            Message::Restored(r) => vec![self.restore(r)],
             Message::Shutdown => {
                 if let Some(w) = lock(&self.worker).take() {
                     w.kill(&self.reaper);
                 }
                 self.platform.shutdown();
-                None
+                Vec::new()
             }
-            other => Some(error(
+            other => vec![error(
                 ErrorCode::UnexpectedMessage,
                 format!(
                     "the agent does not accept {:?} messages; send invoke, ping, restored or shutdown",
                     other.message_type()
                 ),
-            )),
+            )],
         }
     }
 
@@ -220,51 +266,101 @@ impl Agent {
         self.hello()
     }
 
-    fn invoke(&self, inv: Invoke) -> Message {
+    fn invoke(&self, inv: Invoke, log_writer: Option<LogWriter>) -> Vec<Message> {
         let start = Instant::now();
         let limit = self.cfg.boot.payload_limit;
         if inv.payload.len() > limit {
-            return error(
+            return vec![error(
                 ErrorCode::Oversized,
                 format!(
                     "payload of {} bytes exceeds the sandbox limit of {limit} bytes (husk.payload_limit)",
                     inv.payload.len()
                 ),
-            );
+            )];
         }
-        {
+        let _running = {
             let mut st = lock(&self.state);
             if st.awaiting_restore {
-                return error(ErrorCode::AwaitingRestore, AWAITING_RESTORE);
+                return vec![error(ErrorCode::AwaitingRestore, AWAITING_RESTORE)];
             }
+            if self.running.swap(true, Ordering::SeqCst) {
+                return vec![error(ErrorCode::Busy, BUSY_INVOKING)];
+            }
+            let running = Running(&self.running);
             if st.used && !self.cfg.boot.reuse {
-                return error(ErrorCode::AlreadyUsed, ALREADY_USED);
+                return vec![error(ErrorCode::AlreadyUsed, ALREADY_USED)];
             }
             st.used = true;
-        }
+            running
+        };
         let deadline_ms = match inv.deadline_ms {
             0 => self.cfg.function.deadline_ms,
             d => d.min(MAX_DEADLINE_MS),
         };
         let deadline = Duration::from_millis(u64::from(deadline_ms));
-        let outcome = match self.cfg.function.mode {
-            Mode::Exec => run_exec(&self.reaper, &self.cfg.function, inv.payload, deadline),
-            Mode::Worker => self.invoke_worker(inv.payload, deadline),
+        let meta = RequestMeta {
+            request_id: inv.request_id.unwrap_or_else(|| inv.id.to_string()),
+            deadline_unix_ms: inv
+                .deadline_unix_ms
+                .unwrap_or_else(|| unix_ms().saturating_add(u64::from(deadline_ms))),
+            env: inv.env,
         };
-        match outcome {
-            Ok(o) => Message::Result(InvokeResult {
-                id: inv.id,
-                status: o.status,
-                flags: o.flags,
-                duration_us: start.elapsed().as_micros() as u64,
-                body: o.body,
-                stderr_tail: o.stderr_tail,
-            }),
-            Err(e) => error(ErrorCode::Internal, error_chain(&e)),
+        let id = inv.id;
+        let live = inv.stream_logs.then(|| LiveLogs::new(LOG_CAP));
+        let sender = match (&live, log_writer) {
+            (Some(l), Some(w)) => spawn_log_sender(l.clone(), w, self.codec, id),
+            _ => None,
+        };
+        let f = &self.cfg.function;
+        let outcome = match f.mode {
+            Mode::Exec => run_exec(
+                &self.reaper,
+                f,
+                &meta,
+                inv.payload,
+                deadline,
+                live.as_deref(),
+            ),
+            Mode::Worker => self.invoke_worker(meta, inv.payload, deadline, live.clone()),
+        };
+        // Every Log frame goes out before the Result.
+        let mut replies = Vec::new();
+        if let Some(l) = &live {
+            l.finish();
+            match sender {
+                Some(s) => {
+                    let _ = s.join();
+                }
+                None => replies.extend(
+                    l.take()
+                        .into_iter()
+                        .map(|(stream, data)| Message::Log(LogChunk { id, stream, data })),
+                ),
+            }
         }
+        let o = match outcome {
+            Ok(o) => o,
+            Err(e) => return vec![error(ErrorCode::Internal, error_chain(&e))],
+        };
+        replies.push(Message::Result(InvokeResult {
+            id,
+            status: o.status,
+            flags: o.flags | live.as_ref().map_or(0, |l| l.flags()),
+            duration_us: start.elapsed().as_micros() as u64,
+            logs_dropped: live.as_ref().map_or(0, |l| l.dropped()),
+            body: o.body,
+            stderr_tail: o.stderr_tail,
+        }));
+        replies
     }
 
-    fn invoke_worker(&self, payload: Vec<u8>, deadline: Duration) -> Result<Outcome, RunError> {
+    fn invoke_worker(
+        &self,
+        meta: RequestMeta,
+        payload: Vec<u8>,
+        deadline: Duration,
+        logs: Option<Arc<LiveLogs>>,
+    ) -> Result<Outcome, RunError> {
         // One invocation at a time: the worker holds a single request stream.
         let mut slot = lock(&self.worker);
         if slot.is_none() {
@@ -273,7 +369,7 @@ impl Agent {
         let Some(w) = slot.as_mut() else {
             return Err(RunError::Setup(io::Error::other("worker missing")));
         };
-        let (outcome, alive) = w.invoke(&self.reaper, payload, deadline);
+        let (outcome, alive) = w.invoke(&self.reaper, meta, payload, deadline, logs);
         if !alive {
             *slot = None;
             // Restart right away so the next invocation (reuse mode) finds it warm.
@@ -319,7 +415,13 @@ impl Agent {
                 }
             };
             let shutdown = matches!(msg, Message::Shutdown);
-            if let Some(reply) = self.handle(msg) {
+            let log_writer = match &msg {
+                Message::Invoke(i) if i.stream_logs => {
+                    conn.try_clone().ok().map(|c| Box::new(c) as LogWriter)
+                }
+                _ => None,
+            };
+            for reply in self.handle_live(msg, log_writer) {
                 if self.codec.write_frame(&mut conn, &reply).is_err() {
                     return;
                 }
@@ -369,20 +471,42 @@ impl Agent {
     }
 }
 
-fn error(code: ErrorCode, message: impl Into<String>) -> Message {
-    Message::Error(ErrorMsg::new(code, message))
+/// Send an invocation's logs as Log frames while it runs, until `logs` is finished and
+/// drained. A write failure (the host went away or stopped reading past the write
+/// timeout) ends the sending; the invocation itself carries on.
+fn spawn_log_sender(
+    logs: Arc<LiveLogs>,
+    mut out: LogWriter,
+    codec: Codec,
+    id: u64,
+) -> Option<std::thread::JoinHandle<()>> {
+    let spawned = std::thread::Builder::new()
+        .name("fn-logs".into())
+        .spawn(move || loop {
+            let (chunks, finished) = logs.next(LOG_LINGER);
+            for (stream, data) in chunks {
+                let frame = Message::Log(LogChunk { id, stream, data });
+                if codec.write_frame(&mut out, &frame).is_err() {
+                    return;
+                }
+            }
+            if finished {
+                return;
+            }
+        });
+    match spawned {
+        Ok(h) => Some(h),
+        Err(e) => {
+            log(&format!(
+                "cannot start the log sender; logs are sent at the end: {e}"
+            ));
+            None
+        }
+    }
 }
 
-/// Render an error with its sources, once.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+fn error(code: ErrorCode, message: impl Into<String>) -> Message {
+    Message::Error(ErrorMsg::new(code, message))
 }
 
 /// Log a line to stderr (the guest console).

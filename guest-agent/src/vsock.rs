@@ -143,4 +143,9 @@ impl Connection for VsockStream {
     fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         self.set_timeout(libc::SO_SNDTIMEO, t)
     }
+    fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self {
+            fd: self.fd.try_clone()?,
+        })
+    }
 }

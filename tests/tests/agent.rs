@@ -4,9 +4,12 @@
 //! in its own sandbox with body and status asserted, a malformed frame answered with an
 //! Error frame while the agent keeps serving, the single-invocation rule and reuse mode,
 //! a forked child that outlives the deadline leaving no process behind (checked inside
-//! the guest), a clean shutdown (husk exits 0), and two benchmarks printed with their
-//! figures: invocation round trip over 100 invocations (reuse mode, echo) and boot to
-//! ready (median of 5).
+//! the guest), a clean shutdown (husk exits 0), invocation metadata (request id,
+//! absolute deadline, env) reaching the function in exec and worker mode, log output
+//! beyond the 4 KiB stderr tail arriving as Log frames while the function runs (and
+//! printed by `husk invoke --logs`), an agent fatal error ending husk with its own exit status (5), and two
+//! benchmarks printed with their figures: invocation round trip over 100 invocations
+//! (reuse mode, echo) and boot to ready (median of 5).
 //!
 //! Needs a hardware-virt KVM host (run it through `husk-testhost`), `HUSK_KERNEL` and the
 //! static binaries (`scripts/build.sh`: husk, husk-agent, fn-*); fails, never skips.
@@ -22,7 +25,7 @@ use husk_agent::client::{AgentClient, ClientConfig, ClientError};
 use husk_agent::config::Mode;
 use husk_agent::pack::{pack, PackSpec};
 use husk_agent::protocol::{
-    Codec, Crash, ErrorCode, Invoke, InvokeResult, Message, Restored, Status,
+    Codec, Crash, ErrorCode, Invoke, InvokeResult, LogChunk, LogStream, Message, Restored, Status,
 };
 use husk_tests::e2e::{self, ScratchDir, Spawned};
 
@@ -67,6 +70,17 @@ impl<'a> Boot<'a> {
     }
 
     fn start(self) -> Sandbox {
+        let started = Instant::now();
+        let mut sb = self.spawn();
+        // Ready = the agent answers with a Hello.
+        let c = sb.connect_within(BOOT_TIMEOUT);
+        sb.hello_after = started.elapsed();
+        drop(c);
+        sb
+    }
+
+    /// Start husk without waiting for the agent.
+    fn spawn(self) -> Sandbox {
         e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
         let husk = e2e::bin("husk").unwrap_or_else(|e| panic!("{e}"));
         let kernel = e2e::kernel().unwrap_or_else(|e| panic!("{e}"));
@@ -95,19 +109,13 @@ impl<'a> Boot<'a> {
             .arg(&uds)
             .args(["--entropy", "--boot-timer", "--cmdline"])
             .arg(format!("{BASE_CMDLINE} {}", self.cmdline));
-        let started = Instant::now();
         let vm = Spawned::spawn(cmd).unwrap();
-        let mut sb = Sandbox {
+        Sandbox {
             vm,
             uds,
             _dir: dir,
             hello_after: Duration::ZERO,
-        };
-        // Ready = the agent answers with a Hello.
-        let c = sb.connect_within(BOOT_TIMEOUT);
-        sb.hello_after = started.elapsed();
-        drop(c);
-        sb
+        }
     }
 }
 
@@ -130,14 +138,7 @@ impl Sandbox {
 
     fn invoke(&mut self, payload: &[u8], deadline_ms: u32) -> Result<InvokeResult, ClientError> {
         let mut c = self.client();
-        c.invoke(
-            Invoke {
-                id: 1,
-                deadline_ms,
-                payload: payload.to_vec(),
-            },
-            STEP_TIMEOUT,
-        )
+        c.invoke(Invoke::new(1, deadline_ms, payload.to_vec()), STEP_TIMEOUT)
     }
 
     fn invoke_ok(&mut self, payload: &[u8], deadline_ms: u32) -> InvokeResult {
@@ -299,11 +300,7 @@ fn restore_handshake_gates_invocations_in_the_guest() {
     let mut c = sb.client();
     assert_eq!(c.hello().sandbox_id, "snapshotted");
     assert_eq!(c.hello().restore_generation, 0);
-    let inv = Invoke {
-        id: 3,
-        deadline_ms: 10_000,
-        payload: b"after restore".to_vec(),
-    };
+    let inv = Invoke::new(3, 10_000, b"after restore".to_vec());
     match c.invoke(inv.clone(), STEP_TIMEOUT) {
         Err(ClientError::Agent(e)) => assert_eq!(e.kind(), ErrorCode::AwaitingRestore),
         other => panic!("invocation before Restored must be refused, got {other:?}"),
@@ -359,6 +356,167 @@ fn sigterm_to_the_agent_reboots_the_guest_cleanly() {
     );
 }
 
+#[test]
+fn invocation_metadata_reaches_the_function_in_the_guest() {
+    for mode in [Mode::Exec, Mode::Worker] {
+        let mut sb = Boot::new("fn-meta", mode).cmdline("husk.reuse=1").start();
+        let mut c = sb.client();
+        let inv = Invoke {
+            request_id: Some("req-e2e-42".into()),
+            deadline_unix_ms: Some(1_900_000_000_042),
+            env: vec![("TENANT".into(), "acme corp".into())],
+            ..Invoke::new(42, 20_000, b"TENANT UNSET".to_vec())
+        };
+        let r = c.invoke(inv, STEP_TIMEOUT).unwrap_or_else(|e| {
+            panic!("{mode:?}: {e}\n--- transcript ---\n{}", sb.vm.transcript())
+        });
+        assert_eq!(r.status, Status::Ok, "{mode:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&r.body),
+            "request_id=req-e2e-42\ndeadline_unix_ms=1900000000042\nTENANT=acme corp\nUNSET=\n",
+            "{mode:?}"
+        );
+        drop(c);
+        sb.shutdown();
+    }
+}
+
+fn stream_bytes(logs: &[LogChunk], stream: LogStream) -> Vec<u8> {
+    logs.iter()
+        .filter(|l| l.stream == stream)
+        .flat_map(|l| l.data.clone())
+        .collect()
+}
+
+/// `fn-chatty`'s numbered 64-byte log lines: `count` of them, numbered from `first` by
+/// `step`.
+fn assert_log_lines(data: &[u8], first: usize, step: usize, count: usize) {
+    let text = String::from_utf8_lossy(data);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), count, "{text}");
+    for (k, line) in lines.iter().enumerate() {
+        assert!(
+            line.starts_with(&format!("log line {:06} ", first + k * step)),
+            "line {k}: {line}"
+        );
+    }
+}
+
+#[test]
+fn logs_beyond_the_stderr_tail_arrive_from_the_guest() {
+    // Exec mode: 300 lines (19200 bytes) of stderr, far past the 4 KiB tail.
+    let mut sb = Boot::new("fn-chatty", Mode::Exec)
+        .cmdline("husk.reuse=1")
+        .start();
+    let mut c = sb.client();
+    let inv = Invoke {
+        stream_logs: true,
+        ..Invoke::new(1, 20_000, b"log 19200".to_vec())
+    };
+    let (r, logs) = c.invoke_with_logs(inv, STEP_TIMEOUT).unwrap();
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (Status::Ok, &b"logged 19200"[..])
+    );
+    assert_log_lines(&stream_bytes(&logs, LogStream::Stderr), 0, 1, 300);
+    assert_eq!(r.stderr_tail.len(), 4096);
+    assert!(!r.logs_truncated());
+    drop(c);
+    // `husk invoke --logs` prints all of it on stderr.
+    let husk = e2e::bin("husk").unwrap_or_else(|e| panic!("{e}"));
+    let mut cmd = Command::new(husk);
+    cmd.arg("invoke").arg("--uds").arg(&sb.uds).args([
+        "--payload",
+        "log 6400",
+        "--deadline-ms",
+        "20000",
+        "--logs",
+    ]);
+    let out = e2e::run_with_timeout(&mut cmd, STEP_TIMEOUT).unwrap();
+    assert_eq!(out.stdout_str(), "logged 6400");
+    let err = out.stderr_str();
+    assert!(err.starts_with("log line 000000 "), "{err}");
+    assert!(err.contains("log line 000099 "), "{err}");
+    sb.shutdown();
+
+    // Worker mode: stdout and stderr are both log streams.
+    let mut sb = Boot::new("fn-chatty", Mode::Worker).start();
+    let mut c = sb.client();
+    let inv = Invoke {
+        stream_logs: true,
+        ..Invoke::new(2, 20_000, b"log 19200".to_vec())
+    };
+    let (r, logs) = c.invoke_with_logs(inv, STEP_TIMEOUT).unwrap();
+    assert_eq!(r.status, Status::Ok);
+    assert_log_lines(&stream_bytes(&logs, LogStream::Stdout), 0, 2, 150);
+    assert_log_lines(&stream_bytes(&logs, LogStream::Stderr), 1, 2, 150);
+    drop(c);
+    sb.shutdown();
+}
+
+#[test]
+fn logs_stream_while_the_function_runs_in_the_guest() {
+    // The sleeper logs `child=PID` at once, then sleeps 3 s before answering.
+    let mut sb = Boot::new("fn-sleeper", Mode::Exec).start();
+    let mut c = sb.client();
+    let inv = Invoke {
+        stream_logs: true,
+        ..Invoke::new(5, 20_000, b"3000".to_vec())
+    };
+    let t = Instant::now();
+    let first = c.request(&Message::Invoke(inv), STEP_TIMEOUT).unwrap();
+    let first_after = t.elapsed();
+    assert!(matches!(&first, Message::Log(l) if l.id == 5), "{first:?}");
+    let mut data = match first {
+        Message::Log(l) => l.data,
+        _ => Vec::new(),
+    };
+    loop {
+        match c.read_message(STEP_TIMEOUT).unwrap() {
+            Message::Log(l) => data.extend(l.data),
+            Message::Result(r) => {
+                assert_eq!((r.status, r.body.as_slice()), (Status::Ok, &b"woke up"[..]));
+                break;
+            }
+            other => panic!("expected log frames then the result, got {other:?}"),
+        }
+    }
+    let done_after = t.elapsed();
+    assert!(String::from_utf8_lossy(&data).starts_with("child="));
+    assert!(
+        done_after >= Duration::from_secs(3) && first_after + Duration::from_secs(2) < done_after,
+        "first log frame after {first_after:?}, result after {done_after:?}"
+    );
+    drop(c);
+    sb.shutdown();
+}
+
+#[test]
+fn agent_fatal_error_gives_its_own_husk_exit_status() {
+    // A boot option the agent cannot parse is fatal before it serves anything.
+    let mut sb = Boot::new("fn-echo", Mode::Exec)
+        .cmdline("husk.port=notanumber")
+        .spawn();
+    let status = sb
+        .vm
+        .wait_exit(BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let transcript = sb.vm.transcript();
+    assert_eq!(
+        status.code(),
+        Some(5),
+        "husk exited with {status}:\n{transcript}"
+    );
+    assert!(
+        transcript.contains("husk-agent: fatal: invalid kernel command line option husk.port"),
+        "{transcript}"
+    );
+    assert!(
+        transcript.contains("the guest agent hit a fatal error"),
+        "{transcript}"
+    );
+}
+
 /// 100 invocations on one connection in reuse mode; prints median and p99.
 fn bench_round_trip(mode: Mode, label: &str) {
     let mut sb = Boot::new("fn-echo", mode).cmdline("husk.reuse=1").start();
@@ -369,14 +527,7 @@ fn bench_round_trip(mode: Mode, label: &str) {
         let payload = format!("invocation {i}").into_bytes();
         let t = Instant::now();
         let r = c
-            .invoke(
-                Invoke {
-                    id: i,
-                    deadline_ms: 10_000,
-                    payload: payload.clone(),
-                },
-                STEP_TIMEOUT,
-            )
+            .invoke(Invoke::new(i, 10_000, payload.clone()), STEP_TIMEOUT)
             .unwrap();
         rtts.push(t.elapsed());
         agent_us.push(Duration::from_micros(r.duration_us));

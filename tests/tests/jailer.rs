@@ -192,14 +192,7 @@ impl Jail {
     fn invoke_echo(&mut self) {
         let mut c = self.client(BOOT_TIMEOUT);
         let r = c
-            .invoke(
-                Invoke {
-                    id: 1,
-                    deadline_ms: 10_000,
-                    payload: b"jailed".to_vec(),
-                },
-                STEP_TIMEOUT,
-            )
+            .invoke(Invoke::new(1, 10_000, b"jailed".to_vec()), STEP_TIMEOUT)
             .unwrap();
         assert_eq!(r.status, Status::Ok);
         assert_eq!(r.body, b"jailed");

@@ -324,7 +324,10 @@ fn attach_legacy_devices(
         LegacyHandle::I8042(Arc::new(Mutex::new(I8042::new(clone_stop()?)))),
         None,
     )?;
-    let marker = BootMarker::new(res.boot_timer);
+    let marker = BootMarker::new(res.boot_timer).with_fatal_stop(
+        stop.try_clone()
+            .map_err(|e| BuildError::Io("clone the stop eventfd", e))?,
+    );
     let ready = marker.ready_at();
     let evt = ready_evt
         .try_clone()

@@ -22,6 +22,7 @@ Exit status:
   2  usage error
   3  the guest kernel panicked
   4  boot timeout: no ready marker in time (husk run --boot-timeout-secs)
+  5  the guest agent hit a fatal error (see the guest console)
   128+N  stopped by signal N (SIGTERM 143, SIGINT 130) after ending the guest cleanly";
 
 /// Firecracker's default API socket path (used without --api-sock and --no-api).
@@ -379,6 +380,9 @@ fn report(reason: &StopReason) -> i32 {
         StopReason::BootTimeout => {
             eprintln!("husk: the guest did not signal ready in time; exit status 4")
         }
+        StopReason::AgentFatal => eprintln!(
+            "husk: the guest agent hit a fatal error (see the console output above); exit status 5"
+        ),
         StopReason::Signal(n) => log::info!("stopped by signal {n}"),
     }
     reason.exit_code()

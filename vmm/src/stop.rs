@@ -7,6 +7,8 @@
 //! - 2: command-line usage error;
 //! - 3: the guest kernel panicked ("Kernel panic - not syncing" on the console);
 //! - 4: the boot timeout expired before the guest wrote the ready marker;
+//! - 5: the guest agent reported a fatal error (it wrote its fatal value to the marker
+//!   port).
 //! - 128 + N: the VMM received termination signal N (SIGTERM: 143, SIGINT: 130) and
 //!   stopped the guest cleanly, as a shell reports a process killed by N.
 
@@ -29,6 +31,8 @@ pub enum StopReason {
     Error(String),
     /// The boot timeout expired.
     BootTimeout,
+    /// The guest agent reported a fatal error through the marker port.
+    AgentFatal,
     /// The VMM received this termination signal (SIGTERM, SIGINT).
     Signal(i32),
 }
@@ -41,6 +45,7 @@ impl StopReason {
             StopReason::Error(_) => 1,
             StopReason::GuestPanic => 3,
             StopReason::BootTimeout => 4,
+            StopReason::AgentFatal => 5,
             StopReason::Signal(n) => 128 + n,
         }
     }

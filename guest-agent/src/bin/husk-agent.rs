@@ -29,6 +29,7 @@ struct Args {
     cmdline: Option<String>,
 }
 
+/// Start the agent and serve forever; an error is fatal for the sandbox.
 fn run(args: Args, pid1: bool) -> Result<(), String> {
     let cmdline = match args.cmdline {
         Some(c) => c,
@@ -83,6 +84,7 @@ fn run(args: Args, pid1: bool) -> Result<(), String> {
 fn main() -> ExitCode {
     let pid1 = pid1::is_pid1();
     if pid1 {
+        pid1::fatal_on_panic();
         pid1::mount_filesystems();
         if let Err(e) = pid1::watch_sigterm(|| pid1::reboot()) {
             log(&format!("cannot watch SIGTERM: {e}"));
@@ -102,11 +104,11 @@ fn main() -> ExitCode {
     match run(args, pid1) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log(&format!("fatal: {e}"));
             if pid1 {
-                // PID 1 must not exit (kernel panic); end the VM cleanly instead.
-                pid1::reboot();
+                // Not a clean shutdown: the VMM reports it with its own exit status.
+                pid1::fatal(&e);
             }
+            log(&format!("fatal: {e}"));
             ExitCode::FAILURE
         }
     }

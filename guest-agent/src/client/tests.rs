@@ -1,8 +1,9 @@
 use super::*;
-use crate::protocol::{ErrorCode, Status};
+use crate::protocol::{ErrorCode, LogStream, Status, FEATURES};
 use std::io::BufRead;
 use std::os::unix::net::UnixListener;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 fn sock_path(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("husk-client-test-{}", std::process::id()));
@@ -14,7 +15,9 @@ fn sock_path(name: &str) -> PathBuf {
 
 fn hello() -> Hello {
     Hello {
-        protocol_version: 1,
+        protocol_version: PROTOCOL_VERSION,
+        min_protocol_version: MIN_PROTOCOL_VERSION,
+        features: FEATURES,
         agent_version: "test".into(),
         sandbox_id: "sb".into(),
         restore_generation: 0,
@@ -62,6 +65,7 @@ fn invoke_round_trip_through_hybrid_handshake() {
             duration_us: 1,
             body: inv.payload,
             stderr_tail: vec![],
+            logs_dropped: 0,
         };
         codec.write_frame(s, &Message::Result(r)).unwrap();
     });
@@ -69,11 +73,7 @@ fn invoke_round_trip_through_hybrid_handshake() {
     assert_eq!(c.hello(), &hello());
     let r = c
         .invoke(
-            Invoke {
-                id: 5,
-                deadline_ms: 100,
-                payload: b"ping\0".to_vec(),
-            },
+            Invoke::new(5, 100, b"ping\0".to_vec()),
             Duration::from_secs(2),
         )
         .unwrap();
@@ -147,14 +147,7 @@ fn silent_peer_times_out() {
     });
     let mut c = AgentClient::connect(&cfg(&p)).unwrap();
     let e = c
-        .invoke(
-            Invoke {
-                id: 1,
-                deadline_ms: 0,
-                payload: vec![],
-            },
-            Duration::from_millis(200),
-        )
+        .invoke(Invoke::new(1, 0, vec![]), Duration::from_millis(200))
         .unwrap_err();
     assert!(matches!(e, ClientError::Timeout(_)), "{e:?}");
     h.join().unwrap();
@@ -178,11 +171,7 @@ fn agent_error_and_garbage_are_reported() {
         s.write_all(b"garbage garbage!").unwrap();
     });
     let mut c = AgentClient::connect(&cfg(&p)).unwrap();
-    let inv = Invoke {
-        id: 1,
-        deadline_ms: 0,
-        payload: vec![],
-    };
+    let inv = Invoke::new(1, 0, vec![]);
     let e = c.invoke(inv.clone(), Duration::from_secs(2)).unwrap_err();
     assert!(
         matches!(&e, ClientError::Agent(m) if m.kind() == ErrorCode::AlreadyUsed),
@@ -218,5 +207,166 @@ fn connect_with_retry_waits_for_a_booting_sandbox() {
     });
     let c = AgentClient::connect_with_retry(&cfg(&p), Duration::from_secs(5)).unwrap();
     assert_eq!(c.hello(), &hello());
+    h.join().unwrap();
+}
+
+/// Write `bytes` one at a time, `gap` apart (a guest that dribbles its output).
+fn dribble(s: &mut UnixStream, bytes: &[u8], gap: Duration) {
+    for b in bytes {
+        if s.write_all(std::slice::from_ref(b)).is_err() {
+            return;
+        }
+        std::thread::sleep(gap);
+    }
+}
+
+#[test]
+fn dribbling_hello_cannot_stretch_connect_past_its_deadline() {
+    let p = sock_path("dribble-hello");
+    let h = fake(&p, |s| {
+        // Reply and Hello one byte every 20 ms: ~2 s in all, each read well inside
+        // a per-read timeout of 300 ms.
+        let mut all = b"OK 1\n".to_vec();
+        all.extend(Codec::default().encode(&Message::Hello(hello())).unwrap());
+        dribble(s, &all, Duration::from_millis(20));
+    });
+    let t = Instant::now();
+    let e = AgentClient::connect(&cfg(&p)).err().unwrap();
+    let took = t.elapsed();
+    assert!(matches!(e, ClientError::Timeout(_)), "{e:?}");
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert!(
+        took < Duration::from_millis(600),
+        "deadline overrun: {took:?}"
+    );
+    h.join().unwrap();
+}
+
+#[test]
+fn dribbling_result_cannot_stretch_invoke_past_its_deadline() {
+    let p = sock_path("dribble-result");
+    let h = fake(&p, |s| {
+        s.write_all(b"OK 1\n").unwrap();
+        let codec = Codec::default();
+        codec.write_frame(s, &Message::Hello(hello())).unwrap();
+        let Ok(Message::Invoke(inv)) = codec.read_frame(s) else {
+            return;
+        };
+        let r = InvokeResult {
+            id: inv.id,
+            status: Status::Ok,
+            flags: 0,
+            duration_us: 1,
+            body: vec![b'x'; 100],
+            stderr_tail: vec![],
+            logs_dropped: 0,
+        };
+        let frame = codec.encode(&Message::Result(r)).unwrap();
+        dribble(s, &frame, Duration::from_millis(20));
+    });
+    let mut c = AgentClient::connect(&cfg(&p)).unwrap();
+    let t = Instant::now();
+    let e = c
+        .invoke(Invoke::new(1, 0, vec![]), Duration::from_millis(400))
+        .unwrap_err();
+    let took = t.elapsed();
+    assert!(matches!(e, ClientError::Timeout(_)), "{e:?}");
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    assert!(
+        took < Duration::from_millis(700),
+        "deadline overrun: {took:?}"
+    );
+    h.join().unwrap();
+}
+
+#[test]
+fn log_frames_before_the_result_are_collected() {
+    let p = sock_path("logs");
+    let h = fake(&p, |s| {
+        s.write_all(b"OK 1\n").unwrap();
+        let codec = Codec::default();
+        codec.write_frame(s, &Message::Hello(hello())).unwrap();
+        let Message::Invoke(inv) = codec.read_frame(s).unwrap() else {
+            panic!("expected invoke")
+        };
+        assert!(inv.stream_logs);
+        assert_eq!(inv.request_id.as_deref(), Some("req-1"));
+        for (stream, data) in [
+            (LogStream::Stderr, &b"a\n"[..]),
+            (LogStream::Stdout, b"b\n"),
+        ] {
+            let l = LogChunk {
+                id: inv.id,
+                stream,
+                data: data.to_vec(),
+            };
+            codec.write_frame(s, &Message::Log(l)).unwrap();
+        }
+        let r = InvokeResult {
+            id: inv.id,
+            status: Status::Ok,
+            flags: 0,
+            duration_us: 1,
+            body: vec![],
+            stderr_tail: vec![],
+            logs_dropped: 0,
+        };
+        codec.write_frame(s, &Message::Result(r)).unwrap();
+    });
+    let mut c = AgentClient::connect(&cfg(&p)).unwrap();
+    assert!(c.has_feature(crate::protocol::FEATURE_LOG_FRAMES));
+    let inv = Invoke {
+        request_id: Some("req-1".into()),
+        stream_logs: true,
+        ..Invoke::new(9, 0, vec![])
+    };
+    let (r, logs) = c.invoke_with_logs(inv, Duration::from_secs(2)).unwrap();
+    assert_eq!(r.status, Status::Ok);
+    let got: Vec<_> = logs.iter().map(|l| (l.stream, l.data.clone())).collect();
+    assert_eq!(
+        got,
+        [
+            (LogStream::Stderr, b"a\n".to_vec()),
+            (LogStream::Stdout, b"b\n".to_vec())
+        ]
+    );
+    h.join().unwrap();
+}
+
+#[test]
+fn agent_without_a_common_protocol_version_is_refused() {
+    let p = sock_path("future");
+    let h = fake(&p, |s| {
+        s.write_all(b"OK 1\n").unwrap();
+        let future = Hello {
+            protocol_version: PROTOCOL_VERSION + 5,
+            min_protocol_version: PROTOCOL_VERSION + 1,
+            ..hello()
+        };
+        Codec::default()
+            .write_frame(s, &Message::Hello(future))
+            .unwrap();
+    });
+    let e = AgentClient::connect(&cfg(&p)).err().unwrap();
+    assert!(matches!(e, ClientError::Incompatible { .. }), "{e:?}");
+    h.join().unwrap();
+}
+
+#[test]
+fn invalid_metadata_is_refused_before_sending() {
+    let p = sock_path("invalid");
+    let h = fake(&p, |s| {
+        s.write_all(b"OK 1\n").unwrap();
+        Codec::default()
+            .write_frame(s, &Message::Hello(hello()))
+            .unwrap();
+    });
+    let mut c = AgentClient::connect(&cfg(&p)).unwrap();
+    let inv = Invoke {
+        env: vec![("HUSK_MODE".into(), "x".into())],
+        ..Invoke::new(1, 0, vec![])
+    };
+    let e = c.invoke(inv, Duration::from_secs(1)).unwrap_err();
+    assert!(matches!(e, ClientError::InvalidInvoke(_)), "{e:?}");
     h.join().unwrap();
 }

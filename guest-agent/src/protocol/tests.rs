@@ -4,7 +4,9 @@ use std::io::Cursor;
 fn all_messages() -> Vec<Message> {
     vec![
         Message::Hello(Hello {
-            protocol_version: 1,
+            protocol_version: 2,
+            min_protocol_version: 1,
+            features: FEATURES,
             agent_version: "0.1.0".into(),
             sandbox_id: "abc".into(),
             restore_generation: 7,
@@ -13,11 +15,25 @@ fn all_messages() -> Vec<Message> {
             id: 42,
             deadline_ms: 1500,
             payload: vec![0, 1, 2, 255, b'\n', 0],
+            ..Invoke::default()
+        }),
+        Message::Invoke(Invoke {
+            id: 43,
+            deadline_ms: 1500,
+            payload: b"x".to_vec(),
+            request_id: Some("req-0123".into()),
+            deadline_unix_ms: Some(1_700_000_000_123),
+            env: vec![
+                ("TENANT".into(), "acme".into()),
+                ("_X1".into(), String::new()),
+            ],
+            stream_logs: true,
         }),
         Message::Invoke(Invoke {
             id: 0,
             deadline_ms: 0,
             payload: vec![],
+            ..Invoke::default()
         }),
         Message::Result(InvokeResult {
             id: 42,
@@ -26,6 +42,16 @@ fn all_messages() -> Vec<Message> {
             duration_us: 1234,
             body: b"hello\0world".to_vec(),
             stderr_tail: b"warn".to_vec(),
+            logs_dropped: 0,
+        }),
+        Message::Result(InvokeResult {
+            id: 42,
+            status: Status::Ok,
+            flags: RESULT_LOGS_TRUNCATED,
+            duration_us: 1,
+            body: vec![],
+            stderr_tail: vec![],
+            logs_dropped: 12345,
         }),
         Message::Result(InvokeResult {
             id: 1,
@@ -34,6 +60,7 @@ fn all_messages() -> Vec<Message> {
             duration_us: 0,
             body: vec![],
             stderr_tail: vec![],
+            logs_dropped: 0,
         }),
         Message::Result(InvokeResult {
             id: 2,
@@ -42,6 +69,7 @@ fn all_messages() -> Vec<Message> {
             duration_us: 5,
             body: vec![],
             stderr_tail: vec![],
+            logs_dropped: 0,
         }),
         Message::Result(InvokeResult {
             id: 3,
@@ -50,6 +78,7 @@ fn all_messages() -> Vec<Message> {
             duration_us: 5,
             body: vec![],
             stderr_tail: vec![],
+            logs_dropped: 0,
         }),
         Message::Result(InvokeResult {
             id: 4,
@@ -58,6 +87,7 @@ fn all_messages() -> Vec<Message> {
             duration_us: 5,
             body: vec![],
             stderr_tail: vec![],
+            logs_dropped: 0,
         }),
         Message::Restored(Restored {
             entropy_seed: vec![9; 32],
@@ -68,6 +98,16 @@ fn all_messages() -> Vec<Message> {
         Message::Pong(99),
         Message::Error(ErrorMsg::new(ErrorCode::AlreadyUsed, "used")),
         Message::Shutdown,
+        Message::Log(LogChunk {
+            id: 42,
+            stream: LogStream::Stderr,
+            data: b"line one\nline two\n".to_vec(),
+        }),
+        Message::Log(LogChunk {
+            id: 42,
+            stream: LogStream::Stdout,
+            data: vec![],
+        }),
     ]
 }
 
@@ -103,7 +143,7 @@ fn free_functions_match_the_codec() {
 fn header_layout_is_stable() {
     let frame = Codec::default().encode(&Message::Ping(1)).unwrap();
     assert_eq!(&frame[..4], b"HUSK");
-    assert_eq!(frame[4], PROTOCOL_VERSION);
+    assert_eq!(frame[4], FRAME_VERSION);
     assert_eq!(frame[5], MessageType::Ping as u8);
     assert_eq!(&frame[6..8], &[0, 0]);
     assert_eq!(&frame[8..12], &8u32.to_le_bytes());
@@ -199,6 +239,10 @@ fn oversized_frame_is_rejected_before_reading_body() {
 fn encode_refuses_oversized_payload() {
     let codec = Codec::new(Limits { payload_limit: 10 });
     let msg = Message::Invoke(Invoke {
+        request_id: None,
+        deadline_unix_ms: None,
+        env: vec![],
+        stream_logs: false,
         id: 1,
         deadline_ms: 0,
         payload: vec![0; codec.limits.max_body() + 1],
@@ -339,4 +383,149 @@ fn decoder_never_panics_on_prefixes_and_bit_flips() {
             }
         }
     }
+}
+
+/// A field as a newer peer would append it.
+fn ext(tag: u16, value: &[u8]) -> Vec<u8> {
+    let mut v = tag.to_le_bytes().to_vec();
+    v.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    v.extend_from_slice(value);
+    v
+}
+
+fn body_of(msg: &Message) -> Vec<u8> {
+    msg.encode_body()
+}
+
+#[test]
+fn version_1_hello_without_extensions_reads_with_defaults() {
+    let mut body = Vec::new();
+    body.extend_from_slice(&1u16.to_le_bytes());
+    body.extend_from_slice(&3u32.to_le_bytes());
+    body.extend_from_slice(b"0.1");
+    body.extend_from_slice(&2u32.to_le_bytes());
+    body.extend_from_slice(b"sb");
+    body.extend_from_slice(&0u64.to_le_bytes());
+    let Message::Hello(h) = Message::decode_body(MessageType::Hello as u8, &body).unwrap() else {
+        panic!("not a hello")
+    };
+    assert_eq!(
+        (h.protocol_version, h.min_protocol_version, h.features),
+        (1, 1, 0)
+    );
+}
+
+#[test]
+fn unknown_optional_fields_from_a_future_peer_are_skipped() {
+    let hello = Message::Hello(Hello {
+        protocol_version: 9,
+        min_protocol_version: 2,
+        features: FEATURES | 1 << 40,
+        agent_version: "9.0".into(),
+        sandbox_id: "sb".into(),
+        restore_generation: 0,
+    });
+    let inv = Message::Invoke(Invoke {
+        request_id: Some("r1".into()),
+        ..Invoke::new(1, 100, b"p".to_vec())
+    });
+    for (t, msg) in [
+        (MessageType::Hello, hello),
+        (MessageType::Invoke, inv),
+        (MessageType::Ping, Message::Ping(5)),
+    ] {
+        let mut body = body_of(&msg);
+        body.extend(ext(63, b"future"));
+        body.extend(ext(0x1234, &[1, 2, 3]));
+        body.extend(ext(7, &[]));
+        assert_eq!(Message::decode_body(t as u8, &body).unwrap(), msg, "{t:?}");
+    }
+    // A future Invoke flag bit is ignored too.
+    let mut body = body_of(&Message::Invoke(Invoke::new(1, 0, vec![])));
+    body.extend(ext(4, &(1u32 | 1 << 9).to_le_bytes()));
+    let Message::Invoke(i) = Message::decode_body(MessageType::Invoke as u8, &body).unwrap() else {
+        panic!("not an invoke")
+    };
+    assert!(i.stream_logs);
+}
+
+#[test]
+fn required_unknown_repeated_and_bad_extension_fields_are_malformed() {
+    let base = body_of(&Message::Invoke(Invoke::new(1, 0, vec![])));
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("required", ext(EXT_REQUIRED | 5, b"x")),
+        ("twice", [ext(1, b"a"), ext(1, b"b")].concat()),
+        ("extra bytes", ext(2, &[0; 9])),
+        ("short value", ext(2, &[0; 3])),
+        ("length past end", vec![1, 0, 100, 0, 0, 0, b'a']),
+        ("half a tag", vec![1]),
+        ("bad request id", ext(1, b"has space")),
+        ("empty request id", ext(1, b"")),
+    ];
+    for (what, tail) in cases {
+        let body = [base.clone(), tail].concat();
+        let e = Message::decode_body(MessageType::Invoke as u8, &body).unwrap_err();
+        assert!(
+            matches!(e, ProtocolError::Malformed { what: "invoke", .. }),
+            "{what}: {e:?}"
+        );
+        assert!(e.is_recoverable(), "{what}");
+    }
+}
+
+#[test]
+fn invoke_env_is_validated() {
+    let bad: [(&str, &str); 6] = [
+        ("HUSK_REQUEST_ID", "x"),
+        ("1ABC", "x"),
+        ("A-B", "x"),
+        ("", "x"),
+        ("OK", "two\nlines"),
+        ("OK", "nul\0"),
+    ];
+    for (k, v) in bad {
+        let inv = Invoke {
+            env: vec![(k.into(), v.into())],
+            ..Invoke::new(1, 0, vec![])
+        };
+        assert!(inv.validate().is_err(), "{k}={v:?}");
+        let e = Message::decode_body(MessageType::Invoke as u8, &body_of(&Message::Invoke(inv)))
+            .unwrap_err();
+        assert!(matches!(e, ProtocolError::Malformed { .. }), "{e:?}");
+    }
+    let twice = Invoke {
+        env: vec![("A".into(), "1".into()), ("A".into(), "2".into())],
+        ..Invoke::new(1, 0, vec![])
+    };
+    assert!(twice.validate().is_err());
+    let many = Invoke {
+        env: (0..=MAX_ENV_VARS)
+            .map(|i| (format!("V{i}"), String::new()))
+            .collect(),
+        ..Invoke::new(1, 0, vec![])
+    };
+    assert!(
+        Message::decode_body(MessageType::Invoke as u8, &body_of(&Message::Invoke(many))).is_err()
+    );
+}
+
+#[test]
+fn log_frames_are_bounded() {
+    let big = Message::Log(LogChunk {
+        id: 1,
+        stream: LogStream::Stderr,
+        data: vec![b'x'; MAX_LOG_CHUNK + 1],
+    });
+    let e = Message::decode_body(MessageType::Log as u8, &body_of(&big)).unwrap_err();
+    assert!(
+        matches!(e, ProtocolError::Malformed { what: "log", .. }),
+        "{e:?}"
+    );
+    let mut body = body_of(&Message::Log(LogChunk {
+        id: 1,
+        stream: LogStream::Stdout,
+        data: vec![],
+    }));
+    body[8] = 3;
+    assert!(Message::decode_body(MessageType::Log as u8, &body).is_err());
 }

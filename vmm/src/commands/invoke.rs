@@ -1,5 +1,6 @@
 //! `husk invoke`: send one invocation to a running sandbox through its hybrid vsock
-//! socket, print the body on stdout and the stderr tail on stderr.
+//! socket, print the body on stdout and the stderr tail (or, with `--logs`, all the
+//! function's log output the agent sent) on stderr.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -8,7 +9,8 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use husk_agent::client::{AgentClient, ClientConfig, ClientError};
 use husk_agent::config::DEFAULT_PORT;
-use husk_agent::protocol::{Crash, Invoke, InvokeResult, Status};
+use husk_agent::protocol::{Crash, Invoke, InvokeResult, LogChunk, Status};
+use husk_agent::sync::error_chain;
 
 /// Exit status: the function succeeded.
 pub const EXIT_OK: i32 = 0;
@@ -32,7 +34,8 @@ Exit status:
   2  usage error
   3  timeout: the function passed its deadline and was killed
   4  crashed: the function died (signal or unexpected exit)
-  5  refused by the agent (sandbox already used, awaiting restore, payload too large)
+  5  refused by the agent (sandbox already used, busy with another invocation,
+     awaiting restore, payload too large)
   6  transport failure (socket missing, handshake, no reply in time, bad frames)";
 
 /// `husk invoke` flags.
@@ -60,6 +63,17 @@ pub struct InvokeArgs {
     /// Invocation id echoed in the result.
     #[arg(long, default_value_t = 1)]
     pub id: u64,
+    /// Request id handed to the function (HUSK_REQUEST_ID / worker header); default:
+    /// the invocation id.
+    #[arg(long)]
+    pub request_id: Option<String>,
+    /// Environment variable for this invocation only, NAME=VALUE (repeatable).
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Print all of the function's log output (stderr; stdout too in worker mode) on
+    /// stderr, instead of only the last 4 KiB of its stderr.
+    #[arg(long)]
+    pub logs: bool,
     /// Keep retrying the connection this long while the sandbox boots (socket missing,
     /// agent not listening yet).
     #[arg(long, default_value_t = 0)]
@@ -67,6 +81,20 @@ pub struct InvokeArgs {
     /// Print timings (connect, round trip, agent-side duration) to stderr.
     #[arg(long)]
     pub timings: bool,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not NAME=VALUE"))
+}
+
+/// Wall-clock time in ms since the Unix epoch.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Read the payload from the flag, the file or stdin.
@@ -129,21 +157,26 @@ pub fn run(args: &InvokeArgs) -> i32 {
     let mut client = match AgentClient::connect_with_retry(&cfg, wait) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("husk invoke: {}", husk_agent::server::error_chain(&e));
+            eprintln!("husk invoke: {}", error_chain(&e));
             return client_error_status(&e);
         }
     };
     let connected = t0.elapsed();
     let t1 = Instant::now();
     let inv = Invoke {
-        id: args.id,
-        deadline_ms: args.deadline_ms,
-        payload,
+        request_id: args.request_id.clone(),
+        // The platform's absolute deadline, by the host clock (the function's default
+        // deadline is not known here: then the agent computes it).
+        deadline_unix_ms: (args.deadline_ms > 0)
+            .then(|| unix_ms().saturating_add(u64::from(args.deadline_ms))),
+        env: args.env.clone(),
+        stream_logs: args.logs,
+        ..Invoke::new(args.id, args.deadline_ms, payload)
     };
-    let result = match client.invoke(inv, timeout) {
+    let (result, logs) = match client.invoke_with_logs(inv, timeout) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("husk invoke: {}", husk_agent::server::error_chain(&e));
+            eprintln!("husk invoke: {}", error_chain(&e));
             return client_error_status(&e);
         }
     };
@@ -152,7 +185,9 @@ pub fn run(args: &InvokeArgs) -> i32 {
     let _ = out.write_all(&result.body);
     let _ = out.flush();
     let mut err = std::io::stderr().lock();
-    if !result.stderr_tail.is_empty() {
+    if args.logs {
+        print_logs(&mut err, &logs, &result);
+    } else if !result.stderr_tail.is_empty() {
         let _ = err.write_all(&result.stderr_tail);
         if !result.stderr_tail.ends_with(b"\n") {
             let _ = err.write_all(b"\n");
@@ -181,6 +216,23 @@ pub fn run(args: &InvokeArgs) -> i32 {
     exit_status(&result)
 }
 
+/// Write the function's log output in arrival order, then say whether it was cut.
+fn print_logs(err: &mut impl Write, logs: &[LogChunk], result: &InvokeResult) {
+    for l in logs {
+        let _ = err.write_all(&l.data);
+    }
+    if logs.last().is_some_and(|l| !l.data.ends_with(b"\n")) {
+        let _ = err.write_all(b"\n");
+    }
+    if result.logs_truncated() {
+        let _ = writeln!(
+            err,
+            "husk invoke: logs cut at the agent's cap; {} bytes dropped",
+            result.logs_dropped
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +245,7 @@ mod tests {
             duration_us: 0,
             body: vec![],
             stderr_tail: vec![],
+            logs_dropped: 0,
         }
     }
 
@@ -226,7 +279,39 @@ mod tests {
             wait_ready_ms: 0,
             id: 1,
             timings: false,
+            request_id: None,
+            env: vec![],
+            logs: false,
         };
         assert_eq!(run(&args), EXIT_TRANSPORT);
+    }
+
+    #[test]
+    fn logs_are_printed_in_order_with_a_note_when_cut() {
+        use husk_agent::protocol::{LogStream, RESULT_LOGS_TRUNCATED};
+        let chunk = |stream, data: &[u8]| LogChunk {
+            id: 1,
+            stream,
+            data: data.to_vec(),
+        };
+        let logs = [
+            chunk(LogStream::Stderr, b"one\n"),
+            chunk(LogStream::Stdout, b"two"),
+        ];
+        let mut r = result(Status::Ok);
+        let mut out = Vec::new();
+        print_logs(&mut out, &logs, &r);
+        assert_eq!(out, b"one\ntwo\n");
+        r.flags = RESULT_LOGS_TRUNCATED;
+        r.logs_dropped = 77;
+        let mut out = Vec::new();
+        print_logs(&mut out, &logs, &r);
+        assert!(String::from_utf8_lossy(&out).ends_with("cap; 77 bytes dropped\n"));
+    }
+
+    #[test]
+    fn env_flag_needs_name_and_value() {
+        assert_eq!(parse_env("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        assert!(parse_env("nope").is_err());
     }
 }

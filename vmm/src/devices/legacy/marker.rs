@@ -1,5 +1,7 @@
 //! The boot-ready marker port (0x440): the guest writes 0x7b when it is ready; the VMM
-//! timestamps it (nanoseconds since the VMM process started).
+//! timestamps it (nanoseconds since the VMM process started). The agent writes
+//! [`husk_agent::pid1::FATAL_VALUE`] when it cannot go on: the VM is stopped with
+//! [`StopReason::AgentFatal`] (husk exit status 5).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -7,6 +9,8 @@ use std::sync::Arc;
 use crate::arch::x86_64::layout::BOOT_MARKER_READY;
 use crate::devices::BusDevice;
 use crate::logger::{nanos_since_start, RateLimit};
+use crate::stop::{StopReason, StopSignal};
+use husk_agent::pid1::FATAL_VALUE;
 
 /// "Not ready yet" in [`BootMarker::ready_at`].
 pub const NOT_READY: u64 = u64::MAX;
@@ -15,6 +19,7 @@ pub const NOT_READY: u64 = u64::MAX;
 pub struct BootMarker {
     ready_at: Arc<AtomicU64>,
     print_to_stderr: bool,
+    fatal_stop: Option<StopSignal>,
 }
 
 static ODD_WRITES: RateLimit = RateLimit::new(5, 10_000);
@@ -26,7 +31,14 @@ impl BootMarker {
         Self {
             ready_at: Arc::new(AtomicU64::new(NOT_READY)),
             print_to_stderr,
+            fatal_stop: None,
         }
+    }
+
+    /// Stop the VM through `stop` when the agent writes its fatal value.
+    pub fn with_fatal_stop(mut self, stop: StopSignal) -> Self {
+        self.fatal_stop = Some(stop);
+        self
     }
 
     /// Shared "ready at" timestamp in ns since process start ([`NOT_READY`] until then).
@@ -41,6 +53,14 @@ impl BusDevice for BootMarker {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset == 0 && data.first() == Some(&FATAL_VALUE) {
+            if let Some(stop) = &self.fatal_stop {
+                // Once per VM: the stop ends the guest.
+                log::error!("the guest agent reported a fatal error; stopping the VM");
+                stop.stop(StopReason::AgentFatal);
+                return;
+            }
+        }
         if offset != 0 || data.first() != Some(&BOOT_MARKER_READY) {
             crate::log_limited!(
                 ODD_WRITES,
@@ -85,5 +105,21 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(2));
         m.write(0, &[0x7b]);
         assert_eq!(at.load(Ordering::SeqCst), first);
+    }
+
+    #[test]
+    fn fatal_value_stops_the_vm_with_its_own_status() {
+        let stop = StopSignal::new().unwrap();
+        let mut m = BootMarker::new(false).with_fatal_stop(stop.try_clone().unwrap());
+        m.write(0, &[0x7b]);
+        assert_eq!(stop.reason(), None);
+        m.write(0, &[FATAL_VALUE]);
+        assert_eq!(stop.reason(), Some(StopReason::AgentFatal));
+        assert_eq!(StopReason::AgentFatal.exit_code(), 5);
+        assert_ne!(FATAL_VALUE, BOOT_MARKER_READY);
+        // Without a stop signal the value is only an odd write.
+        let mut plain = BootMarker::new(false);
+        plain.write(0, &[FATAL_VALUE]);
+        assert_eq!(plain.ready_at().load(Ordering::SeqCst), NOT_READY);
     }
 }
