@@ -225,7 +225,7 @@ pub fn parse(
     }
     match kind {
         RequestType::In | RequestType::Out => {
-            if data_len % SECTOR_SIZE != 0 {
+            if !data_len.is_multiple_of(SECTOR_SIZE) {
                 return Err(RequestError::Unaligned(data_len));
             }
             let out_of_range = RequestError::OutOfRange {

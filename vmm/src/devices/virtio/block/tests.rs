@@ -67,7 +67,12 @@ fn run(
     vq.add_desc_chains(descs, 0).unwrap();
     assert_eq!(b.process_queue().unwrap(), 1);
     assert_eq!(vq.used().idx().load(), before.wrapping_add(1));
-    let el = vq.used().ring().ref_at(before as usize % 16).unwrap().load();
+    let el = vq
+        .used()
+        .ring()
+        .ref_at(before as usize % 16)
+        .unwrap()
+        .load();
     (el.len(), m.read_obj(GuestAddress(STATUS)).unwrap())
 }
 
