@@ -116,6 +116,9 @@ pub enum Command {
     Pack(crate::commands::pack::PackArgs),
     /// Send one invocation to a running sandbox's agent over its vsock Unix socket.
     Invoke(crate::commands::invoke::InvokeArgs),
+    /// Build root filesystem images (ext4, reproducible, no root needed).
+    #[command(subcommand)]
+    Image(crate::commands::image::ImageCommand),
 }
 
 /// `husk run`.
@@ -284,7 +287,7 @@ pub fn check_unsupported_flags<S: AsRef<str>>(args: &[S]) -> Result<(), CliError
         let a = a.as_ref();
         if !a.starts_with("--") {
             // A subcommand or a value: flags after a subcommand are clap's business.
-            if matches!(a, "run" | "pack" | "invoke" | "bench") {
+            if matches!(a, "run" | "pack" | "invoke" | "image" | "bench") {
                 break;
             }
             continue;
@@ -457,6 +460,7 @@ pub fn run_main(args: Vec<String>) -> Result<i32, CliError> {
         }
         Some(Command::Pack(args)) => Ok(crate::commands::pack::run(&args)),
         Some(Command::Invoke(args)) => Ok(crate::commands::invoke::run(&args)),
+        Some(Command::Image(cmd)) => Ok(crate::commands::image::run(&cmd)),
         None => {
             let fc = cli.firecracker;
             init_logging(&fc.log)?;
