@@ -548,6 +548,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn root_drive_goes_first_and_on_the_command_line() {
+        let d = |id: &str, root: bool, ro: bool, partuuid: Option<&str>| DriveConfig {
+            id: id.into(),
+            path: PathBuf::from(id),
+            root,
+            read_only: ro,
+            partuuid: partuuid.map(String::from),
+        };
+        let drives = vec![
+            d("a", false, false, None),
+            d("root", true, true, None),
+            d("b", false, true, None),
+        ];
+        let order: Vec<&str> = ordered_drives(&drives).map(|x| x.id.as_str()).collect();
+        assert_eq!(order, ["root", "a", "b"]);
+        assert_eq!(
+            root_device_args(&drives).as_deref(),
+            Some("root=/dev/vda ro")
+        );
+        assert_eq!(
+            root_device_args(&[d("r", true, false, Some("0eaa91a0-01"))]).as_deref(),
+            Some("root=PARTUUID=0eaa91a0-01 rw")
+        );
+        assert_eq!(root_device_args(&drives[..1]), None);
+        let mut res = VmResources::new(PathBuf::from("k"));
+        res.drives = drives;
+        let c = build_cmdline(&res, &["virtio_mmio.device=4K@0xd0000000:5".into()]).unwrap();
+        let text = c.as_cstring().unwrap().into_string().unwrap();
+        assert!(
+            text.contains("quiet root=/dev/vda ro virtio_mmio.device="),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn validation_errors_say_what_to_fix() {
         let mut r = VmResources::new(PathBuf::from("/nonexistent/vmlinux"));
         assert!(matches!(
