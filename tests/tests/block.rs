@@ -143,7 +143,7 @@ fn function_boots_from_a_read_only_ext4_root_and_answers() {
 #[test]
 fn read_only_root_refuses_writes_and_tmp_is_writable() {
     let dir = ScratchDir::new("block-ro").unwrap();
-    let script = "if echo x > /probe 2>/tmp/err; then echo ROOT-WRITABLE; else echo ROOT-REFUSED; cat /tmp/err; fi; \
+    let script = "if ( echo x > /probe ) 2>/tmp/err; then echo ROOT-WRITABLE; else echo ROOT-REFUSED; cat /tmp/err; fi; \
                   echo tmp-ok > /tmp/t && cat /tmp/t; grep ' / ' /proc/mounts";
     let img = busybox_image(dir.path(), "ro.ext4", script);
     let before = std::fs::read(&img).unwrap();
