@@ -284,6 +284,28 @@ fn python_worker_from_debian_python3_answers() {
     );
     let built = t.elapsed();
     let size = std::fs::metadata(&img).unwrap().len();
+    // Reproducible: a second build of the same tree gives the same bytes.
+    let again = image_with(
+        dir.path(),
+        "python-again.ext4",
+        Some(&tree),
+        Path::new("/usr/bin/python3"),
+        "worker",
+        &[
+            "-S",
+            "-B",
+            "/husk/runtime/husk_worker.py",
+            "/husk/app/echo.py",
+        ],
+        &[
+            "PYTHONHOME=/usr",
+            "LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu",
+        ],
+    );
+    assert!(
+        std::fs::read(&img).unwrap() == std::fs::read(&again).unwrap(),
+        "two builds of the Python image differ"
+    );
     let t = std::time::Instant::now();
     let mut sb = boot_with(dir.path(), "py", &img, true, "husk.reuse=1");
     let ready = t.elapsed();

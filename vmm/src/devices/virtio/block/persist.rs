@@ -37,6 +37,12 @@ impl Block {
     /// transport activates it with its restored queues). The state is untrusted: the
     /// image must have the size the guest saw, and the features must have been offered.
     pub fn restore(path: &Path, state: &BlockState) -> Result<Self, BlockError> {
+        if !crate::config::valid_resource_id(&state.id) || state.id.len() > 64 {
+            return Err(BlockError::BadState(format!(
+                "drive id {:?} is invalid",
+                state.id.chars().take(64).collect::<String>()
+            )));
+        }
         let mut dev = Self::new(&state.id, path, state.read_only)?;
         if dev.capacity != state.capacity {
             return Err(BlockError::BadState(format!(

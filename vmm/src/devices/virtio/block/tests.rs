@@ -422,6 +422,14 @@ fn persist_round_trip_and_validation() {
         Block::restore(t.as_path(), &bad),
         Err(BlockError::BadState(_))
     ));
+    let bad_id = BlockState {
+        id: "../x".into(),
+        ..state.clone()
+    };
+    assert!(matches!(
+        Block::restore(t.as_path(), &bad_id),
+        Err(BlockError::BadState(_))
+    ));
     let rw_with_ro = BlockState {
         read_only: false,
         ..state
