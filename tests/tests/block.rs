@@ -329,3 +329,66 @@ fn python_worker_from_debian_python3_answers() {
     );
     sb.shutdown();
 }
+
+/// The shim's framing, errors and print() redirection, and the example functions, run
+/// directly by the host's Debian python3 (no VM): what the worker test above relies on.
+#[test]
+fn python_shim_frames_results_errors_and_prints() {
+    use husk_agent::worker::{read_response, write_request};
+    use std::process::Stdio;
+    let repo = e2e::repo_root();
+    let dir = ScratchDir::new("block-shim").unwrap();
+    let app = dir.path().join("app.py");
+    std::fs::write(
+        &app,
+        "def handler(event):\n    print('to stderr, not a frame')\n    if event == 'boom':\n        raise ValueError('boom')\n    return event\n",
+    )
+    .unwrap();
+    let run = |app: &Path, requests: &[&[u8]]| -> Vec<(bool, Vec<u8>)> {
+        let mut child = Command::new("/usr/bin/python3")
+            .args(["-S", "-B"])
+            .arg(repo.join("runtimes/python/husk_worker.py"))
+            .arg(app)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let mut out = Vec::new();
+        for r in requests {
+            write_request(&mut stdin, r).unwrap();
+            let resp = read_response(&mut stdout, 1 << 20).unwrap();
+            out.push((resp.ok, resp.body));
+        }
+        drop(stdin);
+        assert!(child.wait().unwrap().success());
+        out
+    };
+    let r = run(&app, &[b"\"boom\"", br#"{"k": [1]}"#, b"\xff raw"]);
+    assert!(!r[0].0 && String::from_utf8_lossy(&r[0].1).contains("ValueError: boom"));
+    assert_eq!(r[1], (true, br#"{"k": [1]}"#.to_vec()));
+    assert_eq!(r[2], (true, b"\xff raw".to_vec()));
+
+    let transform = repo.join("functions/python/transform.py");
+    let r = run(
+        &transform,
+        &[br#"{"items": [{"name": "a", "price": 1.5, "qty": 2}, {"name": "b", "price": 10, "qty": 1}]}"#],
+    );
+    assert_eq!(
+        r[0],
+        (
+            true,
+            br#"{"count": 2, "total": 13.0, "by_value": ["b", "a"]}"#.to_vec()
+        )
+    );
+    let imports = repo.join("functions/python/imports.py");
+    let r = run(&imports, &[br#""two words""#]);
+    let v: serde_json::Value = serde_json::from_slice(&r[0].1).unwrap();
+    assert_eq!(
+        (v["words"].as_u64(), v["mean_length"].as_str()),
+        (Some(2), Some("4.00"))
+    );
+    assert_eq!(v["epoch_year"], 1970);
+}
