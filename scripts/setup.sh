@@ -26,6 +26,8 @@ PACKAGES=(
   strace
   # the API e2e test's HTTP client (curl --unix-socket)
   curl
+  # husk image build: ext4 root filesystems without root (mkfs.ext4 -d, debugfs)
+  e2fsprogs
 )
 
 missing=()

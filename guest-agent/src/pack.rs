@@ -132,6 +132,12 @@ impl Tree {
         Ok(())
     }
 
+    /// The entries, by guest path relative to `/` (sorted): what `husk image build`
+    /// writes into a root filesystem.
+    pub fn nodes(&self) -> &BTreeMap<String, Node> {
+        &self.nodes
+    }
+
     /// Write the newc archive.
     pub fn write_cpio<W: Write>(&self, mut w: W) -> io::Result<W> {
         for (i, (name, node)) in self.nodes.iter().enumerate() {

@@ -286,8 +286,10 @@ fn configure_boot_pause_resume_and_bad_requests_through_the_socket() {
         &sock,
         "PUT",
         "/drives/rootfs",
-        Some("{}"),
-        "block devices are not supported",
+        Some(
+            r#"{"drive_id": "rootfs", "path_on_host": "/r.ext4", "is_root_device": true, "is_read_only": true}"#,
+        ),
+        "not supported after starting the microVM",
     );
     fault(&sock, "PUT", "/logger", Some("{not json"), "deserializing");
     fault(

@@ -23,6 +23,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::device_manager::{DeviceManager, DeviceManagerError, LegacyHandle, VirtioHandle};
 use crate::devices::legacy::{BootMarker, ConsoleSink, SerialDevice, I8042, I8042_PORTS};
+use crate::devices::virtio::block::Block;
 use crate::devices::virtio::rng::Entropy;
 use crate::devices::virtio::vsock::Vsock;
 use crate::stop::StopSignal;
@@ -65,6 +66,21 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
 }
 
+/// One virtio-blk drive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriveConfig {
+    /// Drive id (also the disk serial the guest reads).
+    pub id: String,
+    /// Raw image file.
+    pub path: PathBuf,
+    /// The root device: attached first (`/dev/vda`), named in `root=` on the command line.
+    pub root: bool,
+    /// Open the image read-only.
+    pub read_only: bool,
+    /// `root=PARTUUID=<partuuid>` instead of `root=/dev/vda`.
+    pub partuuid: Option<String>,
+}
+
 /// Everything needed to build a VM for boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmResources {
@@ -82,6 +98,8 @@ pub struct VmResources {
     pub vsock: Option<VsockConfig>,
     /// virtio-rng.
     pub entropy: bool,
+    /// virtio-blk drives (the root device, if any, is attached first).
+    pub drives: Vec<DriveConfig>,
     /// Guest console sink.
     pub console: ConsoleConfig,
     /// Print the boot-ready line to stderr.
@@ -102,6 +120,7 @@ impl VmResources {
             cmdline: None,
             vsock: None,
             entropy: false,
+            drives: Vec::new(),
             console: ConsoleConfig::Stdout,
             boot_timer: false,
             seccomp: true,
@@ -127,6 +146,15 @@ impl VmResources {
         check_file("kernel image", &self.kernel)?;
         if let Some(i) = &self.initrd {
             check_file("initrd", i)?;
+        }
+        for d in &self.drives {
+            check_file("drive image", &d.path)?;
+        }
+        if self.drives.iter().filter(|d| d.root).count() > 1 {
+            return Err(BuildError::Device(
+                "block",
+                "more than one root drive: a VM has one root device".into(),
+            ));
         }
         if let Some(v) = &self.vsock {
             if v.guest_cid < 3 || v.guest_cid > u64::from(u32::MAX - 1) {
@@ -371,7 +399,38 @@ fn attach_virtio_devices(
             VirtioHandle::Entropy(dev),
         )?;
     }
+    // Drives after them (existing device addresses stay put), the root device first so
+    // the guest names it /dev/vda.
+    for d in ordered_drives(&res.drives) {
+        let dev = Arc::new(Mutex::new(
+            Block::new(&d.id, &d.path, d.read_only)
+                .map_err(|e| BuildError::Device("block", crate::controller::error_chain(&e)))?,
+        ));
+        devices.attach_virtio(vm, mem, em, &d.id, dev.clone(), VirtioHandle::Block(dev))?;
+    }
     Ok(())
+}
+
+/// The drives in attach order: the root device first, the others as configured.
+pub fn ordered_drives(drives: &[DriveConfig]) -> impl Iterator<Item = &DriveConfig> {
+    drives
+        .iter()
+        .filter(|d| d.root)
+        .chain(drives.iter().filter(|d| !d.root))
+}
+
+/// Firecracker's root device arguments: `root=/dev/vda ro|rw` (or
+/// `root=PARTUUID=<id>`), or nothing without a root drive.
+pub fn root_device_args(drives: &[DriveConfig]) -> Option<String> {
+    let d = drives.iter().find(|d| d.root)?;
+    let dev = match &d.partuuid {
+        Some(p) => format!("PARTUUID={p}"),
+        None => "/dev/vda".to_string(),
+    };
+    Some(format!(
+        "root={dev} {}",
+        if d.read_only { "ro" } else { "rw" }
+    ))
 }
 
 fn build_cmdline(res: &VmResources, virtio_entries: &[String]) -> Result<Cmdline, BuildError> {
@@ -379,6 +438,9 @@ fn build_cmdline(res: &VmResources, virtio_entries: &[String]) -> Result<Cmdline
     cmdline
         .insert_str(res.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE))
         .map_err(BuildError::Cmdline)?;
+    if let Some(root) = root_device_args(&res.drives) {
+        cmdline.insert_str(root).map_err(BuildError::Cmdline)?;
+    }
     for e in virtio_entries {
         cmdline.insert_str(e).map_err(BuildError::Cmdline)?;
     }
@@ -487,6 +549,41 @@ pub fn write_guest(mem: &GuestMemoryMmap, addr: u64, bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn root_drive_goes_first_and_on_the_command_line() {
+        let d = |id: &str, root: bool, ro: bool, partuuid: Option<&str>| DriveConfig {
+            id: id.into(),
+            path: PathBuf::from(id),
+            root,
+            read_only: ro,
+            partuuid: partuuid.map(String::from),
+        };
+        let drives = vec![
+            d("a", false, false, None),
+            d("root", true, true, None),
+            d("b", false, true, None),
+        ];
+        let order: Vec<&str> = ordered_drives(&drives).map(|x| x.id.as_str()).collect();
+        assert_eq!(order, ["root", "a", "b"]);
+        assert_eq!(
+            root_device_args(&drives).as_deref(),
+            Some("root=/dev/vda ro")
+        );
+        assert_eq!(
+            root_device_args(&[d("r", true, false, Some("0eaa91a0-01"))]).as_deref(),
+            Some("root=PARTUUID=0eaa91a0-01 rw")
+        );
+        assert_eq!(root_device_args(&drives[..1]), None);
+        let mut res = VmResources::new(PathBuf::from("k"));
+        res.drives = drives;
+        let c = build_cmdline(&res, &["virtio_mmio.device=4K@0xd0000000:5".into()]).unwrap();
+        let text = c.as_cstring().unwrap().into_string().unwrap();
+        assert!(
+            text.contains("quiet root=/dev/vda ro virtio_mmio.device="),
+            "{text}"
+        );
+    }
 
     #[test]
     fn validation_errors_say_what_to_fix() {

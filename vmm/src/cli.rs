@@ -117,6 +117,9 @@ pub enum Command {
     Pack(crate::commands::pack::PackArgs),
     /// Send one invocation to a running sandbox's agent over its vsock Unix socket.
     Invoke(crate::commands::invoke::InvokeArgs),
+    /// Build root filesystem images (ext4, reproducible, no root needed).
+    #[command(subcommand)]
+    Image(crate::commands::image::ImageCommand),
 }
 
 /// `husk run`.
@@ -146,6 +149,10 @@ pub struct RunArgs {
     /// Add a virtio-rng device.
     #[arg(long)]
     pub entropy: bool,
+    /// Add a virtio-blk drive (repeatable): `path=IMG[,id=ID][,root][,ro][,partuuid=U]`.
+    /// The root drive becomes /dev/vda and `root=/dev/vda ro|rw` goes on the command line.
+    #[arg(long = "drive", value_parser = parse_drive)]
+    pub drives: Vec<crate::builder::DriveConfig>,
     /// Guest console: `stdout`, `null`, or a file path.
     #[arg(long, default_value = "stdout")]
     pub console: String,
@@ -181,6 +188,7 @@ impl RunArgs {
             _ => None,
         };
         r.entropy = self.entropy;
+        r.drives = self.drives.clone();
         r.console = match self.console.as_str() {
             "stdout" => ConsoleConfig::Stdout,
             "null" => ConsoleConfig::Null,
@@ -190,6 +198,51 @@ impl RunArgs {
         r.seccomp = !self.no_seccomp;
         r
     }
+}
+
+/// Parse one `--drive` value: `path=IMG[,id=ID][,root][,ro][,partuuid=U]`; the id
+/// defaults to `rootfs` for the root drive; other drives need one.
+fn parse_drive(s: &str) -> Result<crate::builder::DriveConfig, String> {
+    let mut d = crate::builder::DriveConfig {
+        id: String::new(),
+        path: PathBuf::new(),
+        root: false,
+        read_only: false,
+        partuuid: None,
+    };
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("path", v)) => d.path = PathBuf::from(v),
+            Some(("id", v)) => d.id = v.to_string(),
+            Some(("partuuid", v)) => d.partuuid = Some(v.to_string()),
+            None if part == "root" => d.root = true,
+            None if part == "ro" => d.read_only = true,
+            None if part == "rw" => d.read_only = false,
+            _ => {
+                return Err(format!(
+                    "unknown drive option {part:?}: use path=IMG, id=ID, root, ro, rw, partuuid=U"
+                ))
+            }
+        }
+    }
+    if d.path.as_os_str().is_empty() {
+        return Err("a drive needs path=IMG".into());
+    }
+    if d.id.is_empty() {
+        if !d.root {
+            return Err("a non-root drive needs id=ID".into());
+        }
+        d.id = "rootfs".into();
+    }
+    let section = crate::config::DriveSection {
+        drive_id: d.id.clone(),
+        path_on_host: d.path.clone(),
+        is_root_device: d.root,
+        is_read_only: d.read_only,
+        partuuid: d.partuuid.clone(),
+    };
+    section.validate().map_err(|e| e.to_string())?;
+    Ok(d)
 }
 
 /// Errors of a `husk` invocation.
@@ -235,7 +288,7 @@ pub fn check_unsupported_flags<S: AsRef<str>>(args: &[S]) -> Result<(), CliError
         let a = a.as_ref();
         if !a.starts_with("--") {
             // A subcommand or a value: flags after a subcommand are clap's business.
-            if matches!(a, "run" | "pack" | "invoke" | "bench") {
+            if matches!(a, "run" | "pack" | "invoke" | "image" | "bench") {
                 break;
             }
             continue;
@@ -411,6 +464,7 @@ pub fn run_main(args: Vec<String>) -> Result<i32, CliError> {
         }
         Some(Command::Pack(args)) => Ok(crate::commands::pack::run(&args)),
         Some(Command::Invoke(args)) => Ok(crate::commands::invoke::run(&args)),
+        Some(Command::Image(cmd)) => Ok(crate::commands::image::run(&cmd)),
         None => {
             let fc = cli.firecracker;
             init_logging(&fc.log)?;
@@ -494,5 +548,27 @@ mod tests {
         use clap::CommandFactory;
         let help = Cli::command().render_help().to_string();
         assert!(help.contains("3  the guest kernel panicked"), "{help}");
+    }
+}
+
+#[cfg(test)]
+mod drive_flag_tests {
+    use super::*;
+
+    #[test]
+    fn drive_flags_parse_and_validate() {
+        let d = parse_drive("path=/img/root.ext4,root,ro").unwrap();
+        assert_eq!((d.id.as_str(), d.root, d.read_only), ("rootfs", true, true));
+        assert_eq!(d.path, PathBuf::from("/img/root.ext4"));
+        let d = parse_drive("id=data_1,path=d.img").unwrap();
+        assert!(!d.root && !d.read_only && d.id == "data_1");
+        assert!(parse_drive("path=d.img").unwrap_err().contains("id=ID"));
+        assert!(parse_drive("root,ro").unwrap_err().contains("path=IMG"));
+        assert!(parse_drive("path=x,root,cache=none")
+            .unwrap_err()
+            .contains("unknown drive option"));
+        assert!(parse_drive("path=x,id=a-b")
+            .unwrap_err()
+            .contains("drive_id"));
     }
 }

@@ -1,7 +1,7 @@
 //! Firecracker's configuration types, shared by the JSON config file (`--config-file`)
 //! and the API bodies (`PUT /boot-source` takes a [`BootSource`], and so on): the
-//! subset husk honours is `boot-source`, `machine-config`, `vsock`, `entropy`, `logger`
-//! and `metrics`. Unknown fields are refused; Firecracker sections husk does not
+//! subset husk honours is `boot-source`, `machine-config`, `drives`, `vsock`, `entropy`,
+//! `logger` and `metrics`. Unknown fields are refused; Firecracker sections husk does not
 //! support are refused by name when they configure something (an empty list or
 //! `null`, as Firecracker tooling often writes, is fine).
 
@@ -10,11 +10,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::builder::{ConsoleConfig, VmResources, VsockConfig};
+use crate::builder::{ConsoleConfig, DriveConfig, VmResources, VsockConfig};
 
 /// Firecracker sections husk does not support (yet).
 const UNSUPPORTED_SECTIONS: &[&str] = &[
-    "drives",
     "network-interfaces",
     "balloon",
     "mmds-config",
@@ -40,7 +39,7 @@ pub enum ConfigError {
     #[error("config section \"{0}\" is not supported by husk (yet); remove it")]
     UnsupportedSection(String),
     /// A section name neither husk nor Firecracker knows.
-    #[error("unknown config section \"{0}\"; husk supports boot-source, machine-config, vsock, entropy, logger and metrics")]
+    #[error("unknown config section \"{0}\"; husk supports boot-source, machine-config, drives, vsock, entropy, logger and metrics")]
     UnknownSection(String),
     /// A required section is missing.
     #[error("the config file has no \"{0}\" section")]
@@ -247,6 +246,95 @@ impl VsockSection {
     }
 }
 
+/// One entry of `drives` (also the body of `PUT /drives/{drive_id}`): a raw image file
+/// on virtio-blk.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DriveSection {
+    /// Drive id (alphanumeric or `_`); the guest reads it as the disk serial.
+    pub drive_id: String,
+    /// The image file on the host.
+    pub path_on_host: PathBuf,
+    /// The guest's root filesystem: attached first (`/dev/vda`) and named on the kernel
+    /// command line (`root=/dev/vda ro|rw`, or `root=PARTUUID=<partuuid>`).
+    pub is_root_device: bool,
+    /// Opened read-only: the guest sees a read-only disk and writes get an I/O error.
+    pub is_read_only: bool,
+    /// Root partition's unique id, used in `root=` instead of `/dev/vda`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partuuid: Option<String>,
+}
+
+/// Firecracker's rule for resource ids: non-empty, alphanumeric or `_`.
+pub fn valid_resource_id(id: &str) -> bool {
+    !id.is_empty() && id.chars().all(|c| c == '_' || c.is_alphanumeric())
+}
+
+impl DriveSection {
+    /// Check the id, the path and the partuuid.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !valid_resource_id(&self.drive_id) {
+            return Err(ConfigError::Invalid(format!(
+                "drive_id {:?} is invalid: use letters, digits and underscores",
+                self.drive_id
+            )));
+        }
+        if self.path_on_host.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "drive {}: path_on_host is empty",
+                self.drive_id
+            )));
+        }
+        if let Some(p) = &self.partuuid {
+            if !self.is_root_device {
+                return Err(ConfigError::Invalid(format!(
+                    "drive {}: partuuid is only used for the root device",
+                    self.drive_id
+                )));
+            }
+            if p.is_empty() || !p.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                return Err(ConfigError::Invalid(format!(
+                    "drive {}: partuuid {p:?} is invalid: use hex digits and dashes",
+                    self.drive_id
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DriveSection {
+    /// The builder's view of this drive.
+    pub fn to_drive_config(&self) -> DriveConfig {
+        DriveConfig {
+            id: self.drive_id.clone(),
+            path: self.path_on_host.clone(),
+            root: self.is_root_device,
+            read_only: self.is_read_only,
+            partuuid: self.partuuid.clone(),
+        }
+    }
+}
+
+/// Check a whole drive list: each drive, unique ids, at most one root device.
+pub fn validate_drives(drives: &[DriveSection]) -> Result<(), ConfigError> {
+    for (i, d) in drives.iter().enumerate() {
+        d.validate()?;
+        if drives[..i].iter().any(|o| o.drive_id == d.drive_id) {
+            return Err(ConfigError::Invalid(format!(
+                "drive id {} is used twice",
+                d.drive_id
+            )));
+        }
+    }
+    if drives.iter().filter(|d| d.is_root_device).count() > 1 {
+        return Err(ConfigError::Invalid(
+            "more than one drive has is_root_device = true: a VM has one root device".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// `entropy` (also the body of `PUT /entropy`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -277,6 +365,9 @@ pub struct VmConfig {
     /// vCPUs and memory.
     #[serde(rename = "machine-config", default)]
     pub machine_config: Option<MachineConfig>,
+    /// virtio-blk drives, in configuration order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drives: Vec<DriveSection>,
     /// virtio-vsock.
     #[serde(default)]
     pub vsock: Option<VsockSection>,
@@ -312,9 +403,18 @@ impl VmConfig {
                     return Err(ConfigError::UnsupportedSection(k));
                 }
                 obj.remove(&k);
+            } else if k == "drives" && obj.get(&k).is_some_and(serde_json::Value::is_null) {
+                // Firecracker tooling writes `"drives": null` for "no drives".
+                obj.remove(&k);
             } else if !matches!(
                 k.as_str(),
-                "boot-source" | "machine-config" | "vsock" | "entropy" | "logger" | "metrics"
+                "boot-source"
+                    | "machine-config"
+                    | "drives"
+                    | "vsock"
+                    | "entropy"
+                    | "logger"
+                    | "metrics"
             ) {
                 return Err(ConfigError::UnknownSection(k));
             }
@@ -335,6 +435,7 @@ impl VmConfig {
         if let Some(e) = &self.entropy {
             e.validate()?;
         }
+        validate_drives(&self.drives)?;
         if let Some(v) = &self.vsock {
             v.validate()?;
         }
@@ -350,7 +451,7 @@ impl VmConfig {
     pub fn to_full_json(&self) -> serde_json::Value {
         let mut v = serde_json::json!({
             "balloon": null,
-            "drives": [],
+            "drives": self.drives,
             "boot-source": self.boot_source,
             "cpu-config": null,
             "logger": self.logger,
@@ -393,6 +494,11 @@ impl VmConfig {
             uds_path: v.uds_path.clone(),
         });
         r.entropy = self.entropy.is_some();
+        r.drives = self
+            .drives
+            .iter()
+            .map(DriveSection::to_drive_config)
+            .collect();
         r.console = ConsoleConfig::Stdout;
         Ok(r)
     }
@@ -447,11 +553,12 @@ mod tests {
 
     #[test]
     fn rejects_unsupported_and_unknown() {
-        let drives = r#"{"boot-source": {"kernel_image_path": "k"},
-            "drives": [{"drive_id": "rootfs", "path_on_host": "r.ext4", "is_root_device": true, "is_read_only": false}]}"#;
-        let e = VmConfig::parse(drives).unwrap_err();
+        let e = VmConfig::parse(
+            r#"{"boot-source": {"kernel_image_path": "k"}, "balloon": {"amount_mib": 1}}"#,
+        )
+        .unwrap_err();
         assert!(
-            matches!(e, ConfigError::UnsupportedSection(ref s) if s == "drives"),
+            matches!(e, ConfigError::UnsupportedSection(ref s) if s == "balloon"),
             "{e}"
         );
         assert!(e.to_string().contains("not supported by husk"));
@@ -512,6 +619,76 @@ mod tests {
         assert!(json["metrics"].is_null());
         let back = VmConfig::parse(&json.to_string()).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn drives_parse_validate_and_round_trip() {
+        let text = r#"{"boot-source": {"kernel_image_path": "k"},
+            "drives": [
+              {"drive_id": "rootfs", "path_on_host": "r.ext4", "is_root_device": true, "is_read_only": true},
+              {"drive_id": "data_1", "path_on_host": "d.img", "is_root_device": false, "is_read_only": false}
+            ]}"#;
+        let c = VmConfig::parse(text).unwrap();
+        let r = c.to_resources().unwrap();
+        assert_eq!(r.drives.len(), 2);
+        assert_eq!(
+            r.drives[0],
+            DriveConfig {
+                id: "rootfs".into(),
+                path: PathBuf::from("r.ext4"),
+                root: true,
+                read_only: true,
+                partuuid: None,
+            }
+        );
+        assert!(!r.drives[1].root && !r.drives[1].read_only);
+        let json = c.to_full_json();
+        assert_eq!(json["drives"][1]["drive_id"], "data_1");
+        assert_eq!(VmConfig::parse(&json.to_string()).unwrap().drives, c.drives);
+        // null and [] mean no drives.
+        for none in ["null", "[]"] {
+            let t = format!(r#"{{"boot-source": {{"kernel_image_path": "k"}}, "drives": {none}}}"#);
+            assert!(VmConfig::parse(&t).unwrap().drives.is_empty());
+        }
+        let bad = |drives: &str| {
+            let t =
+                format!(r#"{{"boot-source": {{"kernel_image_path": "k"}}, "drives": {drives}}}"#);
+            VmConfig::parse(&t).unwrap_err().to_string()
+        };
+        let d = |id: &str, root: bool, extra: &str| {
+            format!(
+                r#"{{"drive_id": "{id}", "path_on_host": "x", "is_root_device": {root}, "is_read_only": true{extra}}}"#
+            )
+        };
+        assert!(bad(&format!(
+            "[{}]",
+            d("a", true, r#", "cache_type": "Unsafe""#)
+        ))
+        .contains("unknown field"));
+        assert!(
+            bad(&format!("[{}, {}]", d("a", true, ""), d("b", true, "")))
+                .contains("one root device")
+        );
+        assert!(
+            bad(&format!("[{}, {}]", d("a", false, ""), d("a", false, ""))).contains("used twice")
+        );
+        assert!(bad(&format!("[{}]", d("a-b", false, ""))).contains("drive_id"));
+        assert!(bad(&format!(
+            "[{}]",
+            d("a", false, r#", "partuuid": "0eaa91a0-01""#)
+        ))
+        .contains("only used for the root"));
+        assert!(bad(&format!("[{}]", d("a", true, r#", "partuuid": "x y""#))).contains("partuuid"));
+        assert!(
+            bad(r#"[{"drive_id": "a", "path_on_host": "x", "is_root_device": true}]"#)
+                .contains("is_read_only")
+        );
+        let ok = VmConfig::parse(&format!(
+            r#"{{"boot-source": {{"kernel_image_path": "k"}}, "drives": [{}]}}"#,
+            d("root", true, r#", "partuuid": "0eaa91a0-01""#)
+        ))
+        .unwrap();
+        assert_eq!(ok.drives[0].partuuid.as_deref(), Some("0eaa91a0-01"));
     }
 
     #[test]

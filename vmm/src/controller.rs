@@ -257,6 +257,7 @@ impl Controller {
         self.config.machine_config = cfg.machine_config.clone();
         self.config.vsock = cfg.vsock.clone();
         self.config.entropy = cfg.entropy.clone();
+        self.config.drives = cfg.drives.clone();
         Ok(())
     }
 
@@ -304,6 +305,17 @@ impl Controller {
                 vsock_id: None,
             });
             self.config.entropy = res.entropy.then(EntropySection::default);
+            self.config.drives = res
+                .drives
+                .iter()
+                .map(|d| crate::config::DriveSection {
+                    drive_id: d.id.clone(),
+                    path_on_host: d.path.clone(),
+                    is_root_device: d.root,
+                    is_read_only: d.read_only,
+                    partuuid: d.partuuid.clone(),
+                })
+                .collect();
         }
         vmm.resume()?;
         log::debug!("vCPUs running");
@@ -464,6 +476,18 @@ impl Controller {
             VmmAction::PutVsock(v) => {
                 v.validate().map_err(invalid)?;
                 self.config.vsock = Some(v);
+                Ok(VmmData::Empty)
+            }
+            VmmAction::PutDrive(d) => {
+                // Replace a drive with the same id (Firecracker's update before boot), or
+                // add it; the resulting list must stay valid (one root device).
+                let mut drives = self.config.drives.clone();
+                match drives.iter_mut().find(|o| o.drive_id == d.drive_id) {
+                    Some(slot) => *slot = d,
+                    None => drives.push(d),
+                }
+                crate::config::validate_drives(&drives).map_err(invalid)?;
+                self.config.drives = drives;
                 Ok(VmmData::Empty)
             }
             VmmAction::PutEntropy(e) => {

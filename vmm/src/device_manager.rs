@@ -17,6 +17,7 @@ use crate::arch::x86_64::layout;
 use crate::devices::bus::lock;
 use crate::devices::legacy::marker::NOT_READY;
 use crate::devices::legacy::{BootMarker, SerialDevice, I8042};
+use crate::devices::virtio::block::Block;
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::rng::Entropy;
 use crate::devices::virtio::vsock::Vsock;
@@ -93,6 +94,8 @@ pub enum VirtioHandle {
     Vsock(Arc<Mutex<Vsock>>),
     /// virtio-rng.
     Entropy(Arc<Mutex<Entropy>>),
+    /// virtio-blk (one per drive).
+    Block(Arc<Mutex<Block>>),
     /// A device a test attached.
     #[cfg(test)]
     Other(Arc<Mutex<dyn VirtioDevice>>),

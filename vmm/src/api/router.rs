@@ -4,8 +4,8 @@
 use serde::Deserialize;
 
 use crate::config::{
-    BootSource, EntropySection, LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig,
-    VsockSection,
+    BootSource, DriveSection, EntropySection, LoggerConfig, MachineConfig, MachineConfigUpdate,
+    MetricsConfig, VsockSection,
 };
 use crate::controller::{ActionError, ActionResult, VmmAction, VmmData};
 
@@ -93,7 +93,7 @@ fn checked_id(id: &str) -> Result<&str, ApiError> {
     if id.is_empty() {
         return Err(ApiError::bad_request("The ID cannot be empty."));
     }
-    if !id.chars().all(|c| c == '_' || c.is_alphanumeric()) {
+    if !crate::config::valid_resource_id(id) {
         return Err(ApiError::bad_request(
             "API Resource IDs can only contain alphanumeric characters and underscores.",
         ));
@@ -116,10 +116,14 @@ pub fn parse_request(method: &str, path: &str, body: &[u8]) -> Result<VmmAction,
             return Err(invalid_path(method, path));
         }
         checked_id(id)?;
-        return Err(ApiError::bad_request(format!(
-            "block devices are not supported by husk yet: PUT /drives/{id} is refused; \
-             pack the function's files into the initramfs instead"
-        )));
+        let drive = json::<DriveSection>(body)?;
+        if drive.drive_id != id {
+            return Err(ApiError::bad_request(format!(
+                "The drive_id in the body ({}) does not match the one in the path ({id}).",
+                drive.drive_id
+            )));
+        }
+        return Ok(VmmAction::PutDrive(drive));
     }
     let action = match (method, path) {
         ("GET", "/") => VmmAction::GetInstanceInfo,

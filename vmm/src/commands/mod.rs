@@ -1,6 +1,7 @@
 //! `husk` subcommands that talk to or prepare a sandbox without running a VM:
-//! [`pack`] builds a guest initramfs for a function, [`invoke`] sends one invocation to a
+//! [`pack`] builds a guest initramfs for a function, [`image`] an ext4 root filesystem, [`invoke`] sends one invocation to a
 //! running sandbox's agent. Each exposes clap `Args` and a `run` returning an exit status.
 
+pub mod image;
 pub mod invoke;
 pub mod pack;

@@ -46,18 +46,18 @@ pub struct PackArgs {
     pub output: PathBuf,
 }
 
-fn parse_mode(s: &str) -> Result<Mode, String> {
+pub(crate) fn parse_mode(s: &str) -> Result<Mode, String> {
     s.parse()
 }
 
-fn parse_env(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("expected K=V, got {s:?}")),
     }
 }
 
-fn parse_file(s: &str) -> Result<(PathBuf, String), String> {
+pub(crate) fn parse_file(s: &str) -> Result<(PathBuf, String), String> {
     match s.rsplit_once(':') {
         Some((src, dest)) if !src.is_empty() && dest.starts_with('/') => {
             Ok((PathBuf::from(src), dest.to_string()))

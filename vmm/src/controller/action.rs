@@ -9,8 +9,8 @@ use serde::Serialize;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::{
-    BootSource, EntropySection, LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig,
-    VsockSection,
+    BootSource, DriveSection, EntropySection, LoggerConfig, MachineConfig, MachineConfigUpdate,
+    MetricsConfig, VsockSection,
 };
 
 /// A request to the controller. Snapshot actions (create, load) join this enum with
@@ -35,6 +35,8 @@ pub enum VmmAction {
     PutVsock(VsockSection),
     /// `PUT /entropy` (pre-boot).
     PutEntropy(EntropySection),
+    /// `PUT /drives/{drive_id}` (pre-boot): add or replace a drive.
+    PutDrive(DriveSection),
     /// `PUT /logger` (pre-boot).
     PutLogger(LoggerConfig),
     /// `PUT /metrics` (pre-boot, once).
@@ -61,6 +63,7 @@ impl VmmAction {
                 | VmmAction::PatchMachineConfig(_)
                 | VmmAction::PutVsock(_)
                 | VmmAction::PutEntropy(_)
+                | VmmAction::PutDrive(_)
                 | VmmAction::PutLogger(_)
                 | VmmAction::PutMetrics(_)
                 | VmmAction::InstanceStart
@@ -163,6 +166,7 @@ pub(super) fn action_name(action: &VmmAction) -> &'static str {
         VmmAction::PatchMachineConfig(_) => "PATCH /machine-config",
         VmmAction::PutVsock(_) => "PUT /vsock",
         VmmAction::PutEntropy(_) => "PUT /entropy",
+        VmmAction::PutDrive(_) => "PUT /drives",
         VmmAction::PutLogger(_) => "PUT /logger",
         VmmAction::PutMetrics(_) => "PUT /metrics",
         VmmAction::InstanceStart => "InstanceStart",

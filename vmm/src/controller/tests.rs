@@ -137,3 +137,40 @@ fn metrics_flush_writes_devices_vcpu_and_api_sections() {
     assert!(v["boot"]["ready_after_us"].is_null());
     let _ = std::fs::remove_file(&path);
 }
+
+#[test]
+fn put_drive_adds_replaces_and_keeps_one_root() {
+    use crate::config::DriveSection;
+    let drive = |id: &str, root: bool, ro: bool| DriveSection {
+        drive_id: id.into(),
+        path_on_host: format!("/img/{id}").into(),
+        is_root_device: root,
+        is_read_only: ro,
+        partuuid: None,
+    };
+    let mut c = controller();
+    c.handle(VmmAction::PutDrive(drive("rootfs", true, false)))
+        .unwrap();
+    c.handle(VmmAction::PutDrive(drive("data", false, false)))
+        .unwrap();
+    // Same id: replaced in place.
+    c.handle(VmmAction::PutDrive(drive("rootfs", true, true)))
+        .unwrap();
+    // A second root device is refused and changes nothing.
+    let e = c
+        .handle(VmmAction::PutDrive(drive("other", true, true)))
+        .unwrap_err();
+    assert!(e.to_string().contains("one root device"), "{e}");
+    let VmmData::VmConfig(v) = c.handle(VmmAction::GetVmConfig).unwrap() else {
+        panic!("not a config")
+    };
+    let drives = v["drives"].as_array().unwrap();
+    assert_eq!(drives.len(), 2);
+    assert_eq!(
+        (&drives[0]["drive_id"], &drives[0]["is_read_only"]),
+        (&serde_json::json!("rootfs"), &serde_json::json!(true))
+    );
+    assert_eq!(drives[1]["drive_id"], "data");
+    let resources = c.config.to_resources().unwrap_err();
+    assert!(resources.to_string().contains("boot-source"));
+}

@@ -7,7 +7,7 @@
 //!
 //! | thread | husk | Firecracker |
 //! |--------|------|-------------|
-//! | VMM    | 31   | 76          |
+//! | VMM    | 34   | 76          |
 //! | API    | 24   | 36          |
 //! | vCPU   | 17   | 49          |
 //!
@@ -18,7 +18,9 @@
 //! vCPU thread 10); the rest is what code paths not hit there need (guest-initiated vsock
 //! connections, half-close, allocator growth). The API list covers the API server
 //! thread (`api/`): epoll, accept, read/recv, write/send, the action channel's futex and
-//! eventfd write. Snapshot support must add its file syscalls and VM state ioctls.
+//! eventfd write. virtio-blk adds `pread64`/`pwrite64`/`fsync` on drive images to the
+//! VMM list (requests are served on the VMM thread). Snapshot support must add its file
+//! syscalls and VM state ioctls.
 //!
 //! Argument filters: `ioctl` only with listed requests per thread kind (vCPU: `KVM_RUN`
 //! and the vCPU state reads a snapshot needs; VMM and API: `FIONBIO`), `mmap`/`mprotect`

@@ -202,6 +202,21 @@ const VMM: &[Rule] = &[
         Any,
         "eventfds (queue notify, stop), timerfd, sockets"
     ),
+    rule!(
+        SYS_pread64,
+        Any,
+        "virtio-blk: guest reads of a drive image (FileExt::read_exact_at)"
+    ),
+    rule!(
+        SYS_pwrite64,
+        Any,
+        "virtio-blk: guest writes to a read-write drive image (FileExt::write_all_at)"
+    ),
+    rule!(
+        SYS_fsync,
+        Any,
+        "virtio-blk: guest FLUSH on a read-write drive (File::sync_all)"
+    ),
     rule!(SYS_recvfrom, Any, "vsock: reads from host sockets (recv)"),
     rule!(SYS_sendto, Any, "vsock: writes to host sockets (send)"),
     rule!(

@@ -193,12 +193,73 @@ fn actions_and_vm_state() {
 }
 
 #[test]
-fn drives_are_refused_by_name() {
-    let m = bad("PUT", "/drives/rootfs", r#"{"drive_id": "rootfs"}"#);
-    assert!(m.contains("block devices are not supported by husk"), "{m}");
+fn drives_parse_with_firecracker_fields() {
+    let body = r#"{"drive_id": "rootfs", "path_on_host": "/img/root.ext4", "is_root_device": true, "is_read_only": true, "partuuid": "0eaa91a0-01"}"#;
+    assert_eq!(
+        ok("PUT", "/drives/rootfs", body),
+        VmmAction::PutDrive(DriveSection {
+            drive_id: "rootfs".into(),
+            path_on_host: "/img/root.ext4".into(),
+            is_root_device: true,
+            is_read_only: true,
+            partuuid: Some("0eaa91a0-01".into()),
+        })
+    );
+    let m = bad(
+        "PUT",
+        "/drives/other",
+        r#"{"drive_id": "rootfs", "path_on_host": "r", "is_root_device": true, "is_read_only": true}"#,
+    );
+    assert!(m.contains("does not match"), "{m}");
+    let m = bad(
+        "PUT",
+        "/drives/d",
+        r#"{"drive_id": "d", "path_on_host": "r", "is_root_device": false, "is_read_only": true, "io_engine": "Async"}"#,
+    );
+    assert!(m.contains("unknown field"), "{m}");
+    assert!(bad("PUT", "/drives/d", r#"{"drive_id": "d"}"#).contains("missing field"));
     assert_eq!(bad("PUT", "/drives/", "{}"), "The ID cannot be empty.");
     assert!(bad("PUT", "/drives/a-b", "{}").contains("alphanumeric"));
     assert!(bad("GET", "/drives/rootfs", "").starts_with("Invalid request method"));
+}
+
+/// Property names of one object definition in the OpenAPI file.
+fn openapi_properties(text: &str, definition: &str) -> Vec<String> {
+    let header = format!("  {definition}:");
+    let mut lines = text.lines().skip_while(|l| l.trim_end() != header).skip(1);
+    let mut out = Vec::new();
+    let mut in_props = false;
+    for line in lines.by_ref() {
+        if !line.starts_with("    ") {
+            break;
+        }
+        if line.trim_end() == "    properties:" {
+            in_props = true;
+        } else if in_props {
+            if let Some(name) = line.strip_prefix("      ").filter(|n| !n.starts_with(' ')) {
+                out.push(name.trim_end().trim_end_matches(':').to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn openapi_drive_definition_matches_the_config_type() {
+    let text = include_str!("../openapi.yaml");
+    let mut documented = openapi_properties(text, "Drive");
+    documented.sort();
+    let full = DriveSection {
+        drive_id: "d".into(),
+        path_on_host: "p".into(),
+        is_root_device: true,
+        is_read_only: false,
+        partuuid: Some("1".into()),
+    };
+    let v = serde_json::to_value(&full).unwrap();
+    let mut served: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+    served.sort();
+    assert_eq!(documented, served);
 }
 
 #[test]

@@ -16,12 +16,13 @@
 //!   [`mmio_persist`]: its saved state.
 //! - [`descriptor`]: bounded, checked access to a descriptor chain's buffers.
 //! - [`ratelimit`]: `warn_limited!`, for every log line a guest can trigger.
-//! - [`rng`]: virtio-entropy. [`vsock`]: virtio-vsock and its hybrid Unix backend.
+//! - [`block`]: virtio-blk on a raw image file. [`rng`]: virtio-entropy. [`vsock`]: virtio-vsock and its hybrid Unix backend.
 //!
 //! Threads: register accesses (and so `activate`/`reset`) run on vCPU threads, whose
 //! seccomp filter allows almost nothing; devices therefore do no I/O there and only
 //! wake their event-manager subscriber, which does the work on the VMM thread.
 
+pub mod block;
 pub mod descriptor;
 pub mod mmio;
 pub mod mmio_persist;
@@ -39,6 +40,8 @@ pub const VIRTIO_MMIO_INT_VRING: u32 = 0x01;
 /// Interrupt status bit: the device configuration changed.
 pub const VIRTIO_MMIO_INT_CONFIG: u32 = 0x02;
 
+/// virtio device type of the block device.
+pub const TYPE_BLOCK: u32 = 2;
 /// virtio device type of the entropy device.
 pub const TYPE_ENTROPY: u32 = 4;
 /// virtio device type of the socket (vsock) device.
