@@ -483,10 +483,19 @@ impl Vcpu {
                     self.index
                 ))),
             };
-            if let ExitAction::Stop(reason) = action {
-                log::info!("vCPU {} stopping the VM: {reason:?}", self.index);
-                self.stop.stop(reason);
-                return VcpuRunState::Exited;
+            match action {
+                ExitAction::Stop(reason) => {
+                    log::info!("vCPU {} stopping the VM: {reason:?}", self.index);
+                    self.stop.stop(reason);
+                    return VcpuRunState::Exited;
+                }
+                // A device handled this exit by stopping the VM (i8042 reset, a panic
+                // line on the console): do not run the guest again, the VMM is ending
+                // the threads. (One uncontended lock per exit.)
+                ExitAction::Continue if self.stop.reason().is_some() => {
+                    return VcpuRunState::Exited;
+                }
+                ExitAction::Continue => {}
             }
         }
     }
@@ -602,10 +611,17 @@ impl VcpuHandle {
     /// left running, and the caller must keep guest memory mapped (see
     /// [`crate::vmm::Vmm::shutdown`]).
     pub fn exit(&mut self) -> bool {
+        if self.thread.is_none() {
+            return true;
+        }
+        // Send (and kick) while `self.thread` is still set: `send` kicks through it, and
+        // without the kick a vCPU in KVM_RUN only sees the command at its next exit,
+        // which after a guest reset (halted vCPUs, a vCPU in the BIOS reset loop) may
+        // never come.
+        let _ = self.send(VcpuCommand::Exit);
         let Some(t) = self.thread.take() else {
             return true;
         };
-        let _ = self.send(VcpuCommand::Exit);
         let deadline = std::time::Instant::now() + EXIT_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
