@@ -346,6 +346,24 @@ fn saved_state_restores_into_a_fresh_vcpu() {
     assert_eq!(again.sregs.cs.base, saved.sregs.cs.base);
     assert_eq!(again.fpu, saved.fpu);
     assert_eq!(again.msrs.len(), saved.msrs.len());
+    assert!(saved.xsave.len() >= 1024, "the XSAVE area is saved");
+    assert_eq!(again.xsave, saved.xsave, "the XSAVE area round-trips");
+    assert_eq!(again.xcrs.nr_xcrs, saved.xcrs.nr_xcrs);
+    assert_eq!(again.xcrs.xcrs[0].value, saved.xcrs.xcrs[0].value);
+
+    // Hostile state: an XSAVE area of another size is refused, not handed to KVM.
+    let mut bad = saved.clone();
+    bad.xsave.push(0);
+    assert!(matches!(
+        vcpu.restore_state(&bad),
+        Err(crate::vstate::vcpu::VcpuError::BadState(_))
+    ));
+    let mut bad = saved.clone();
+    bad.xcrs.nr_xcrs = 1000;
+    assert!(matches!(
+        vcpu.restore_state(&bad),
+        Err(crate::vstate::vcpu::VcpuError::BadState(_))
+    ));
 
     // Hostile state: more MSRs than husk ever saves is refused.
     let mut bad = saved.clone();
