@@ -30,6 +30,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::arch::x86_64::cpuid::{filter_cpuid, CpuidConfig};
 use crate::arch::x86_64::msr::{boot_msr_entries, setup_msrs, MsrError};
 use crate::arch::x86_64::regs::{setup_boot_vcpu, RegsError};
+use crate::arch::x86_64::xsave_probe::host_xsave_problem;
 use crate::devices::Bus;
 use crate::logger::RateLimit;
 use crate::stop::{StopReason, StopSignal};
@@ -333,6 +334,7 @@ impl Vcpu {
         tsc_deadline: bool,
         entry: Option<u64>,
     ) -> Result<(), VcpuError> {
+        let xsave_problem = host_xsave_problem(supported);
         let cpuid = filter_cpuid(
             supported,
             CpuidConfig {
@@ -340,6 +342,7 @@ impl Vcpu {
                 cpu_count,
                 tsc_deadline,
             },
+            xsave_problem.as_deref(),
         );
         self.fd
             .set_cpuid2(&cpuid)
