@@ -291,6 +291,13 @@ fn filter_entry(entry: &mut kvm_cpuid_entry2, cfg: CpuidConfig) {
         }
         (0xb, _) | (0x1f, _) => set_extended_topology(entry, cfg),
         (0x8000_0001, _) => entry.ecx &= !(EXT1_ECX_SVM | EXT1_ECX_PMU),
+        (0x8000_000a, _) => {
+            // SVM features (NPT, VGIF, ...): nothing to describe with SVM hidden.
+            entry.eax = 0;
+            entry.ebx = 0;
+            entry.ecx = 0;
+            entry.edx = 0;
+        }
         (0x8000_0008, _) => {
             // AMD: ECX [7:0] cores - 1, [15:12] APIC ID bits for the core.
             entry.ecx = (entry.ecx & !0xf0ff)
@@ -432,6 +439,8 @@ mod tests {
             0,
             "no nested virtualization"
         );
+        let svm = get(&out, 0x8000_000a, 0).unwrap();
+        assert_eq!((svm.eax, svm.ebx, svm.edx), (0, 0, 0), "no SVM features");
     }
 
     #[test]
