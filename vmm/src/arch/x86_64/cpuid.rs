@@ -340,9 +340,38 @@ pub fn filter_cpuid(supported: &CpuId, cfg: CpuidConfig, runtime_problem: Option
             e
         })
         .collect();
-    // from_entries only fails when there are more entries than KVM's maximum, and we
-    // never add entries.
+    let mut entries = entries;
+    add_topology_subleaves(&mut entries, cfg);
+    // from_entries only fails with more than KVM_MAX_CPUID_ENTRIES (256) entries; KVM
+    // reports far fewer and at most six are added.
     CpuId::from_entries(&entries).unwrap_or_else(|_| supported.clone())
+}
+
+/// KVM often reports only sub-leaf 0 of the extended topology leaves (0xB, 0x1F), all
+/// zeros. The guest then finds no core level and takes every vCPU for a package of its
+/// own (on AMD it also marks the TSC unstable: "TSCs unsynchronized"). Add the SMT and
+/// core levels and the terminating invalid level where missing.
+fn add_topology_subleaves(entries: &mut Vec<kvm_cpuid_entry2>, cfg: CpuidConfig) {
+    let max_basic = find(entries, 0, 0).map_or(0, |e| e.eax);
+    for leaf in [0xb, 0x1f] {
+        let present = entries.iter().any(|e| e.function == leaf);
+        // 0xB whenever the basic range reaches it; 0x1F only where the host has it.
+        if max_basic < leaf || (leaf == 0x1f && !present) {
+            continue;
+        }
+        for index in 0..=2 {
+            if find(entries, leaf, index).is_none() {
+                let mut e = kvm_cpuid_entry2 {
+                    function: leaf,
+                    index,
+                    flags: kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+                    ..Default::default()
+                };
+                set_extended_topology(&mut e, cfg);
+                entries.push(e);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -438,6 +467,19 @@ mod tests {
             get(&out, 0x8000_0001, 0).unwrap().ecx & EXT1_ECX_SVM,
             0,
             "no nested virtualization"
+        );
+        // The host reports leaf 0xB sub-leaf 0 only: the core level is added.
+        let core = get(&out, 0xb, 1).unwrap();
+        assert_eq!((core.eax, core.ebx, core.ecx, core.edx), (1, 2, 0x201, 1));
+        assert_eq!(get(&out, 0xb, 0).unwrap().ebx, 1, "one thread per core");
+        assert_eq!(
+            get(&out, 0xb, 2).unwrap().ecx >> 8,
+            0,
+            "then an invalid level"
+        );
+        assert!(
+            get(&out, 0x1f, 0).is_none(),
+            "no 0x1F where the host has none"
         );
         let svm = get(&out, 0x8000_000a, 0).unwrap();
         assert_eq!((svm.eax, svm.ebx, svm.edx), (0, 0, 0), "no SVM features");
@@ -647,7 +689,7 @@ mod tests {
             None,
         );
         let s = out.as_slice();
-        assert_eq!(s.len(), 7, "leaf 0xd removed, others kept");
+        assert_eq!(s.len(), 8, "leaf 0xd removed, 0xB sub-leaf 2 added, others kept");
         assert!(s.iter().all(|e| e.function != 0xd));
         let l1 = s.iter().find(|e| e.function == 1).unwrap();
         assert_eq!(l1.ecx & (1 << 26), 0, "XSAVE hidden");
