@@ -5,7 +5,9 @@
 //! exposes a consistent XSAVE or hides it); when husk logs that it hides XSAVE, the
 //! guest has no `xsave`/`avx` flags; when it does not, the guest has `xsave` (every
 //! x86-64 KVM host this runs on has it) and the kernel enabled XSAVE features; the
-//! guest sees no vPMU (`arch_perfmon`) and no nested virtualization (`vmx`/`svm`).
+//! guest sees no vPMU (`arch_perfmon`) and no nested virtualization (`vmx`/`svm`); its
+//! two vCPUs are cores of one package (CPUID leaf 0xB), so it does not mark the TSC
+//! unstable ("TSCs unsynchronized").
 //! Prints the flags for the record.
 //!
 //! Needs a hardware-virt KVM host (run it through `husk-testhost`), `HUSK_KERNEL`, the
@@ -29,7 +31,7 @@ const INIT: &str = r#"#!/busybox sh
 /busybox mount -t proc proc /proc
 echo "CPU-FLAGS: $(/busybox grep -m1 '^flags' /proc/cpuinfo)"
 echo "CPU-COUNT: $(/busybox grep -c '^processor' /proc/cpuinfo)"
-/busybox dmesg | /busybox grep -i -E 'xsave|x86/fpu' | /busybox sed 's/^/GUEST-DMESG: /'
+/busybox dmesg | /busybox grep -i -E 'xsave|x86/fpu|CPU topo|tsc' | /busybox sed 's/^/GUEST-DMESG: /'
 echo CPU-TEST-DONE
 /busybox reboot -f
 "#;
@@ -88,9 +90,20 @@ fn guest_sees_a_consistent_cpu_without_xsave_problems() {
         transcript.contains("CPU-COUNT: 2"),
         "the guest sees both vCPUs:\n{transcript}"
     );
+    assert!(
+        transcript.contains("CPU topo: Max. logical packages:   1"),
+        "both vCPUs are cores of one package:\n{transcript}"
+    );
+    assert!(
+        !transcript.contains("TSCs unsynchronized"),
+        "one package: the guest keeps its TSC:\n{transcript}"
+    );
     if transcript.contains("hiding XSAVE") {
         for f in ["xsave", "avx", "avx2"] {
-            assert!(!flags.contains(&f), "{f} hidden, yet the guest has it: {flags:?}");
+            assert!(
+                !flags.contains(&f),
+                "{f} hidden, yet the guest has it: {flags:?}"
+            );
         }
     } else {
         assert!(flags.contains(&"xsave"), "XSAVE exposed: {flags:?}");
