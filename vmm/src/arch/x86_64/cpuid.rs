@@ -689,7 +689,11 @@ mod tests {
             None,
         );
         let s = out.as_slice();
-        assert_eq!(s.len(), 8, "leaf 0xd removed, 0xB sub-leaf 2 added, others kept");
+        assert_eq!(
+            s.len(),
+            8,
+            "leaf 0xd removed, 0xB sub-leaf 2 added, others kept"
+        );
         assert!(s.iter().all(|e| e.function != 0xd));
         let l1 = s.iter().find(|e| e.function == 1).unwrap();
         assert_eq!(l1.ecx & (1 << 26), 0, "XSAVE hidden");
