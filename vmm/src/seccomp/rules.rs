@@ -5,7 +5,8 @@
 use std::mem::size_of;
 
 use kvm_bindings::{
-    kvm_fpu, kvm_lapic_state, kvm_mp_state, kvm_msrs, kvm_regs, kvm_sregs, kvm_vcpu_events, KVMIO,
+    kvm_fpu, kvm_lapic_state, kvm_mp_state, kvm_msrs, kvm_regs, kvm_sregs, kvm_vcpu_events,
+    kvm_xcrs, kvm_xsave, KVMIO,
 };
 use vmm_sys_util::ioctl::{ioctl_expr, _IOC_NONE, _IOC_READ, _IOC_WRITE};
 
@@ -79,6 +80,9 @@ pub const VCPU_IOCTLS: &[Ioctl] = &[
     ioctl!(KVM_GET_LAPIC = ior(0x8e, size_of::<kvm_lapic_state>())),
     ioctl!(KVM_GET_MP_STATE = ior(0x98, size_of::<kvm_mp_state>())),
     ioctl!(KVM_GET_VCPU_EVENTS = ior(0x9f, size_of::<kvm_vcpu_events>())),
+    ioctl!(KVM_GET_XSAVE = ior(0xa4, size_of::<kvm_xsave>())),
+    ioctl!(KVM_GET_XCRS = ior(0xa6, size_of::<kvm_xcrs>())),
+    ioctl!(KVM_GET_XSAVE2 = ior(0xcf, size_of::<kvm_xsave>())),
 ];
 
 /// Ioctls of the VMM thread after boot: `FIONBIO` (std's `set_nonblocking` on accepted

@@ -341,6 +341,24 @@ fn saved_state_restores_into_a_fresh_vcpu() {
     assert_eq!(again.sregs.cs.base, saved.sregs.cs.base);
     assert_eq!(again.fpu, saved.fpu);
     assert_eq!(again.msrs.len(), saved.msrs.len());
+    assert!(saved.xsave.len() >= 1024, "the XSAVE area is saved");
+    assert_eq!(again.xsave, saved.xsave, "the XSAVE area round-trips");
+    assert_eq!(again.xcrs.nr_xcrs, saved.xcrs.nr_xcrs);
+    assert_eq!(again.xcrs.xcrs[0].value, saved.xcrs.xcrs[0].value);
+
+    // Hostile state: an XSAVE area of another size is refused, not handed to KVM.
+    let mut bad = saved.clone();
+    bad.xsave.push(0);
+    assert!(matches!(
+        vcpu.restore_state(&bad),
+        Err(crate::vstate::vcpu::VcpuError::BadState(_))
+    ));
+    let mut bad = saved.clone();
+    bad.xcrs.nr_xcrs = 1000;
+    assert!(matches!(
+        vcpu.restore_state(&bad),
+        Err(crate::vstate::vcpu::VcpuError::BadState(_))
+    ));
 
     // Hostile state: more MSRs than husk ever saves is refused.
     let mut bad = saved.clone();
@@ -349,4 +367,49 @@ fn saved_state_restores_into_a_fresh_vcpu() {
         vcpu.restore_state(&bad),
         Err(crate::vstate::vcpu::VcpuError::BadState(_))
     ));
+}
+
+#[test]
+fn exit_kicks_a_halted_vcpu_out_of_kvm_run() {
+    // cli; l: hlt; jmp l  -- halted for good: only the kick ends KVM_RUN.
+    let (vm, _mem) = tiny_vm(&[0xfa, 0xf4, 0xeb, 0xfd]);
+    let stop = StopSignal::new().unwrap();
+    let mut handle = real_mode_vcpu(&vm, Bus::new(), Bus::new(), &stop)
+        .start(false)
+        .unwrap();
+    handle.resume().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    assert!(handle.exit(), "the halted vCPU thread ended");
+    let took = start.elapsed();
+    assert!(took < Duration::from_millis(500), "exit took {took:?}");
+}
+
+#[test]
+fn exit_kicks_a_vcpu_looping_without_exits() {
+    // l: jmp l  -- never exits to the VMM on its own.
+    let (vm, _mem) = tiny_vm(&[0xeb, 0xfe]);
+    let stop = StopSignal::new().unwrap();
+    let mut handle = real_mode_vcpu(&vm, Bus::new(), Bus::new(), &stop)
+        .start(false)
+        .unwrap();
+    handle.resume().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    assert!(handle.exit(), "the looping vCPU thread ended");
+    let took = start.elapsed();
+    assert!(took < Duration::from_millis(500), "exit took {took:?}");
+}
+
+#[test]
+fn reset_by_a_vcpu_that_then_halts_ends_the_vm_at_once() {
+    // mov al,0xfe; out 0x64,al; cli; l: hlt; jmp l  -- as a guest's reboot path ends.
+    let start = Instant::now();
+    let reason = run_to_stop(&[0xb0, 0xfe, 0xe6, 0x64, 0xfa, 0xf4, 0xeb, 0xfd]);
+    let took = start.elapsed();
+    assert_eq!(reason, StopReason::Reset);
+    assert!(
+        took < crate::vstate::vcpu::EXIT_TIMEOUT,
+        "the VM took {took:?} to end (a vCPU waited out the exit timeout)"
+    );
 }

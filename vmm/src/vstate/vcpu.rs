@@ -21,15 +21,16 @@ use std::time::Duration;
 
 use kvm_bindings::{
     kvm_fpu, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events,
-    CpuId, Msrs,
+    kvm_xcrs, kvm_xsave, CpuId, Msrs, Xsave,
 };
-use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, VcpuExit, VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
 use vmm_sys_util::signal::{register_signal_handler, Killable};
 
 use crate::arch::x86_64::cpuid::{filter_cpuid, CpuidConfig};
 use crate::arch::x86_64::msr::{boot_msr_entries, setup_msrs, MsrError};
 use crate::arch::x86_64::regs::{setup_boot_vcpu, RegsError};
+use crate::arch::x86_64::xsave_probe::host_xsave_problem;
 use crate::devices::Bus;
 use crate::logger::RateLimit;
 use crate::stop::{StopReason, StopSignal};
@@ -191,6 +192,14 @@ pub struct VcpuState {
     pub mp_state: kvm_mp_state,
     /// The boot MSRs' current values.
     pub msrs: Vec<kvm_msr_entry>,
+    /// The XSAVE area (`KVM_GET_XSAVE2` where KVM has `KVM_CAP_XSAVE2`, else
+    /// `KVM_GET_XSAVE`), as 32-bit words: AVX/AVX-512 registers and the rest of the
+    /// XSAVE-managed state. Empty in states saved before husk recorded it.
+    #[serde(default)]
+    pub xsave: Vec<u32>,
+    /// The extended control registers (XCR0).
+    #[serde(default)]
+    pub xcrs: kvm_xcrs,
 }
 
 /// The FPU/SSE state (`kvm_fpu` in a serializable form).
@@ -253,6 +262,9 @@ impl From<&FpuState> for kvm_fpu {
 pub struct Vcpu {
     fd: VcpuFd,
     index: u8,
+    /// Length of this host's XSAVE area in 32-bit words (`KVM_CAP_XSAVE2`, or the
+    /// 4 KiB `kvm_xsave` without it).
+    xsave_words: usize,
     io_bus: Bus,
     mmio_bus: Bus,
     stop: StopSignal,
@@ -286,9 +298,15 @@ impl Vcpu {
         let fd = vm
             .create_vcpu(u64::from(index))
             .map_err(|e| VcpuError::Create(index, e))?;
+        // KVM_CAP_XSAVE2 gives the size of the whole kvm_xsave (at least 4 KiB); 0 when
+        // KVM does not have it.
+        let xsave_bytes = usize::try_from(vm.check_extension_int(Cap::Xsave2))
+            .unwrap_or(0)
+            .max(std::mem::size_of::<kvm_xsave>());
         Ok(Self {
             fd,
             index,
+            xsave_words: xsave_bytes.div_ceil(4),
             io_bus,
             mmio_bus,
             stop,
@@ -314,6 +332,7 @@ impl Vcpu {
         tsc_deadline: bool,
         entry: Option<u64>,
     ) -> Result<(), VcpuError> {
+        let xsave_problem = host_xsave_problem(supported);
         let cpuid = filter_cpuid(
             supported,
             CpuidConfig {
@@ -321,6 +340,7 @@ impl Vcpu {
                 cpu_count,
                 tsc_deadline,
             },
+            xsave_problem.as_deref(),
         );
         self.fd
             .set_cpuid2(&cpuid)
@@ -362,6 +382,34 @@ impl Vcpu {
         self.fd
             .set_fpu(&kvm_fpu::from(&state.fpu))
             .map_err(io("restore the FPU"))?;
+        if !state.xsave.is_empty() {
+            // Exactly this host's XSAVE size: KVM reads that many bytes.
+            if state.xsave.len() != self.xsave_words {
+                return Err(VcpuError::BadState(
+                    "XSAVE area size differs from this host's (saved on another CPU type?)",
+                ));
+            }
+            let (region, extra) = state.xsave.split_at(1024.min(state.xsave.len()));
+            let mut xsave = self.new_xsave()?;
+            // SAFETY: only the fixed-size region is written; the FAM length is untouched.
+            unsafe { xsave.as_mut_fam_struct() }
+                .xsave
+                .region
+                .copy_from_slice(region);
+            xsave.as_mut_slice().copy_from_slice(extra);
+            // SAFETY: `xsave` holds `self.xsave_words` words (checked above), the size
+            // KVM_CAP_XSAVE2 reported for this VM, or the plain 4 KiB kvm_xsave that
+            // KVM_SET_XSAVE reads without the cap.
+            unsafe { self.fd.set_xsave2(&xsave) }.map_err(io("restore the XSAVE area"))?;
+        }
+        if state.xcrs.nr_xcrs > 0 {
+            if state.xcrs.nr_xcrs as usize > state.xcrs.xcrs.len() {
+                return Err(VcpuError::BadState("too many XCRs"));
+            }
+            self.fd
+                .set_xcrs(&state.xcrs)
+                .map_err(io("restore the XCRs"))?;
+        }
         let msrs = Msrs::from_entries(&state.msrs).map_err(|_| VcpuError::BadState("MSR list"))?;
         let n = self.fd.set_msrs(&msrs).map_err(io("restore MSRs"))?;
         if n != state.msrs.len() {
@@ -374,6 +422,27 @@ impl Vcpu {
             .set_vcpu_events(&state.events)
             .map_err(io("restore vCPU events"))?;
         Ok(())
+    }
+
+    /// An XSAVE buffer of this host's size.
+    fn new_xsave(&self) -> Result<Xsave, VcpuError> {
+        Xsave::new(self.xsave_words.saturating_sub(1024))
+            .map_err(|_| VcpuError::BadState("XSAVE area size"))
+    }
+
+    /// The XSAVE area as 32-bit words (see [`VcpuState::xsave`]).
+    fn save_xsave(&self) -> Result<Vec<u32>, VcpuError> {
+        let err = |e| VcpuError::Ioctl("read the XSAVE area", e);
+        if self.xsave_words <= 1024 {
+            return Ok(self.fd.get_xsave().map_err(err)?.region.to_vec());
+        }
+        let mut xsave = self.new_xsave()?;
+        // SAFETY: `xsave` holds `self.xsave_words` words, the size KVM_CAP_XSAVE2
+        // reported for this VM, so KVM writes within it.
+        unsafe { self.fd.get_xsave2(&mut xsave) }.map_err(err)?;
+        let mut words = xsave.as_fam_struct_ref().xsave.region.to_vec();
+        words.extend_from_slice(xsave.as_slice());
+        Ok(words)
     }
 
     /// Save the architectural state (call while paused).
@@ -390,6 +459,8 @@ impl Vcpu {
             events: self.fd.get_vcpu_events().map_err(io("read vCPU events"))?,
             mp_state: self.fd.get_mp_state().map_err(io("read the MP state"))?,
             msrs: msrs.as_slice().iter().take(n).copied().collect(),
+            xsave: self.save_xsave()?,
+            xcrs: self.fd.get_xcrs().map_err(io("read the XCRs"))?,
         })
     }
 
@@ -481,10 +552,19 @@ impl Vcpu {
                     self.index
                 ))),
             };
-            if let ExitAction::Stop(reason) = action {
-                log::info!("vCPU {} stopping the VM: {reason:?}", self.index);
-                self.stop.stop(reason);
-                return VcpuRunState::Exited;
+            match action {
+                ExitAction::Stop(reason) => {
+                    log::info!("vCPU {} stopping the VM: {reason:?}", self.index);
+                    self.stop.stop(reason);
+                    return VcpuRunState::Exited;
+                }
+                // A device handled this exit by stopping the VM (i8042 reset, a panic
+                // line on the console): do not run the guest again, the VMM is ending
+                // the threads. (One uncontended lock per exit.)
+                ExitAction::Continue if self.stop.reason().is_some() => {
+                    return VcpuRunState::Exited;
+                }
+                ExitAction::Continue => {}
             }
         }
     }
@@ -600,10 +680,17 @@ impl VcpuHandle {
     /// left running, and the caller must keep guest memory mapped (see
     /// [`crate::vmm::Vmm::shutdown`]).
     pub fn exit(&mut self) -> bool {
+        if self.thread.is_none() {
+            return true;
+        }
+        // Send (and kick) while `self.thread` is still set: `send` kicks through it, and
+        // without the kick a vCPU in KVM_RUN only sees the command at its next exit,
+        // which after a guest reset (halted vCPUs, a vCPU in the BIOS reset loop) may
+        // never come.
+        let _ = self.send(VcpuCommand::Exit);
         let Some(t) = self.thread.take() else {
             return true;
         };
-        let _ = self.send(VcpuCommand::Exit);
         let deadline = std::time::Instant::now() + EXIT_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());

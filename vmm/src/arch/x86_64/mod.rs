@@ -6,6 +6,7 @@ pub mod layout;
 pub mod mptable;
 pub mod msr;
 pub mod regs;
+pub mod xsave_probe;
 
 use layout::{MMIO_GAP_END, MMIO_GAP_START};
 use vm_memory::GuestAddress;
