@@ -1,19 +1,25 @@
-"""husk worker shim for Python: runs `handler(event)` from a user module in husk's
-worker mode (see guest-agent/src/worker.rs for the framing).
+"""husk worker shim for Python: runs `handler(event)` (or `handler(event, context)`)
+from a user module in husk's worker mode (see guest-agent/src/worker.rs for the framing).
 
     python3 -S -B husk_worker.py /path/to/app.py
 
-Requests arrive on stdin as a u32 little-endian length plus the payload; each answer
-goes to stdout as a status byte (0 ok, 1 error), a u32 little-endian length and the
-body. The module is imported once, at start-up (so a snapshot taken after boot holds
-it imported and warm). The event is the payload decoded as JSON when it is valid JSON,
-otherwise the raw bytes. A handler returning bytes is answered as is, a str as UTF-8,
-anything else as JSON. An exception answers status 1 with the traceback. print() in
-the handler goes to stderr: stdout carries only frames.
+Each request arrives on stdin as a u32 little-endian header length, the header (UTF-8
+`key: value` lines: `request-id`, `deadline-unix-ms`, one `env: NAME=VALUE` per
+variable; unknown keys are ignored), a u32 little-endian payload length and the
+payload. Each answer goes to the response descriptor named by HUSK_RESPONSE_FD (3 under
+the agent; stdout when the variable is unset) as a status byte (0 ok, 1 error), a u32
+little-endian length and the body. The module is imported once, at start-up (so a
+snapshot taken after boot holds it imported and warm). The event is the payload
+decoded as JSON when it is valid JSON, otherwise the raw bytes; a handler with two
+parameters also gets a context dict (`request_id`, `deadline_unix_ms`, `env`). A handler
+returning bytes is answered as is, a str as UTF-8, anything else as JSON. An exception
+answers status 1 with the traceback. print() goes to the worker's log streams, never
+into the frames.
 """
 
 import importlib.util
 import json
+import os
 import struct
 import sys
 import traceback
@@ -60,31 +66,71 @@ def encode_result(result):
     return json.dumps(result).encode()
 
 
-def serve(handler, stdin, stdout):
+MAX_HEADER = 512 * 1024
+
+
+def parse_header(raw):
+    context = {"request_id": "", "deadline_unix_ms": 0, "env": {}}
+    for line in raw.decode("utf-8", "replace").splitlines():
+        key, sep, value = line.partition(": ")
+        if not sep:
+            continue
+        if key == "request-id":
+            context["request_id"] = value
+        elif key == "deadline-unix-ms":
+            try:
+                context["deadline_unix_ms"] = int(value.strip())
+            except ValueError:
+                pass
+        elif key == "env":
+            name, eq, val = value.partition("=")
+            if eq:
+                context["env"][name] = val
+    return context
+
+
+def read_frame(stream, limit, what):
+    raw = read_exact(stream, 4)
+    if raw is None:
+        return None
+    (length,) = struct.unpack("<I", raw)
+    if length > limit:
+        raise SystemExit(f"husk_worker: {what} of {length} bytes exceeds {limit}")
+    return read_exact(stream, length)
+
+
+def serve(handler, stdin, out):
+    wants_context = getattr(getattr(handler, "__code__", None), "co_argcount", 1) >= 2
     while True:
-        header = read_exact(stdin, 4)
+        header = read_frame(stdin, MAX_HEADER, "request header")
         if header is None:
             return
-        (length,) = struct.unpack("<I", header)
-        if length > MAX_REQUEST:
-            raise SystemExit(f"husk_worker: request of {length} bytes exceeds {MAX_REQUEST}")
-        payload = read_exact(stdin, length)
+        payload = read_frame(stdin, MAX_REQUEST, "request")
         if payload is None:
             return
         try:
-            status, body = STATUS_OK, encode_result(handler(decode_event(payload)))
+            event = decode_event(payload)
+            if wants_context:
+                result = handler(event, parse_header(header))
+            else:
+                result = handler(event)
+            status, body = STATUS_OK, encode_result(result)
         except Exception:  # the function's error, reported to the caller
             status, body = STATUS_ERROR, traceback.format_exc().encode()
-        stdout.write(struct.pack("<BI", status, len(body)))
-        stdout.write(body)
-        stdout.flush()
+        out.write(struct.pack("<BI", status, len(body)) + body)
+        out.flush()
 
 
 def main():
     if len(sys.argv) != 2:
         raise SystemExit("usage: husk_worker.py APP.py")
-    frames_out = sys.stdout.buffer
-    sys.stdout = sys.stderr
+    fd = os.environ.get("HUSK_RESPONSE_FD")
+    if fd is None:
+        # Stand-alone (tests): frames on stdout, so print() must go elsewhere.
+        frames_out = sys.stdout.buffer
+        sys.stdout = sys.stderr
+    else:
+        frames_out = os.fdopen(int(fd), "wb", buffering=0)
     handler = load_handler(sys.argv[1])
     serve(handler, sys.stdin.buffer, frames_out)
 

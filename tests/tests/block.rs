@@ -120,11 +120,7 @@ impl Sandbox {
 
     fn invoke(&mut self, payload: &[u8]) -> InvokeResult {
         let mut c = self.client(STEP_TIMEOUT);
-        let inv = Invoke {
-            id: 1,
-            deadline_ms: 20_000,
-            payload: payload.to_vec(),
-        };
+        let inv = Invoke::new(1, 20_000, payload.to_vec());
         match c.invoke(inv, STEP_TIMEOUT) {
             Ok(r) => r,
             Err(e) => panic!(
@@ -334,7 +330,7 @@ fn python_worker_from_debian_python3_answers() {
 /// directly by the host's Debian python3 (no VM): what the worker test above relies on.
 #[test]
 fn python_shim_frames_results_errors_and_prints() {
-    use husk_agent::worker::{read_response, write_request};
+    use husk_agent::worker::{read_response, write_request, RequestMeta};
     use std::process::Stdio;
     let repo = e2e::repo_root();
     let dir = ScratchDir::new("block-shim").unwrap();
@@ -358,7 +354,12 @@ fn python_shim_frames_results_errors_and_prints() {
         let mut stdout = child.stdout.take().unwrap();
         let mut out = Vec::new();
         for r in requests {
-            write_request(&mut stdin, r).unwrap();
+            let meta = RequestMeta {
+                request_id: "req-7".into(),
+                deadline_unix_ms: 1_700_000_000_000,
+                env: vec![("STAGE".into(), "test".into())],
+            };
+            write_request(&mut stdin, &meta, r).unwrap();
             let resp = read_response(&mut stdout, 1 << 20).unwrap();
             out.push((resp.ok, resp.body));
         }
@@ -370,6 +371,22 @@ fn python_shim_frames_results_errors_and_prints() {
     assert!(!r[0].0 && String::from_utf8_lossy(&r[0].1).contains("ValueError: boom"));
     assert_eq!(r[1], (true, br#"{"k": [1]}"#.to_vec()));
     assert_eq!(r[2], (true, b"\xff raw".to_vec()));
+
+    // A handler with two parameters gets the request header as its context.
+    let ctx_app = dir.path().join("ctx.py");
+    std::fs::write(
+        &ctx_app,
+        "def handler(event, context):\n    return [context['request_id'], context['deadline_unix_ms'], context['env']]\n",
+    )
+    .unwrap();
+    let r = run(&ctx_app, &[b"{}"]);
+    assert_eq!(
+        r[0],
+        (
+            true,
+            br#"["req-7", 1700000000000, {"STAGE": "test"}]"#.to_vec()
+        )
+    );
 
     let transform = repo.join("functions/python/transform.py");
     let r = run(
