@@ -17,8 +17,7 @@ use crate::protocol::{
 };
 use crate::reaper::Reaper;
 use crate::runner::{LiveLogs, Outcome, RunError, Worker, LOG_CAP};
-pub use crate::sync::error_chain;
-use crate::sync::lock;
+use crate::sync::{error_chain, lock};
 use crate::worker::RequestMeta;
 
 /// The message sent when a second invocation reaches a single-use sandbox.

@@ -68,17 +68,9 @@ enum ChildError {
     Exec(std::path::PathBuf, #[source] io::Error),
 }
 
-/// Formats an error with its whole source chain on one line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+/// Formats an error with its whole source chain on one line (the project's one
+/// error-chain printer, shared with the VMM and the agent).
+pub use husk_agent::sync::error_chain as chain;
 
 /// Runs the jailer. Returns the exit code for the jailer process: the VMM's (128+signal
 /// when killed) in foreground mode, 0 in daemon mode once the VMM runs.

@@ -557,17 +557,8 @@ fn source_text(e: &dyn std::error::Error) -> String {
     e.source().map(|s| s.to_string()).unwrap_or_default()
 }
 
-/// An error and its sources, joined with ": ".
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
-}
+/// An error and its sources, joined with ": " (the project's one error-chain printer).
+pub use husk_agent::sync::error_chain;
 
 mod action;
 #[cfg(test)]

@@ -26,7 +26,7 @@ use crate::devices::{Bus, BusDevice, BusError};
 use crate::{EventManager, GuestMemoryMmap};
 
 /// Offset of the QueueNotify register in a virtio-mmio window.
-pub const MMIO_QUEUE_NOTIFY: u64 = 0x50;
+pub use crate::devices::virtio::mmio::QUEUE_NOTIFY_OFFSET as MMIO_QUEUE_NOTIFY;
 
 /// Errors attaching a device.
 #[derive(Debug, thiserror::Error)]

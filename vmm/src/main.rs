@@ -5,13 +5,7 @@ fn main() {
     let code = match husk_vmm::cli::run_main(std::env::args().collect()) {
         Ok(code) => code,
         Err(e) => {
-            let mut msg = format!("husk: {e}");
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            eprintln!("{msg}");
+            eprintln!("husk: {}", husk_agent::sync::error_chain(&e));
             e.exit_code()
         }
     };

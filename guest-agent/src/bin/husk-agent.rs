@@ -12,7 +12,8 @@ use clap::Parser;
 use husk_agent::config::{BootOptions, FunctionConfig};
 use husk_agent::pid1::{self, GuestPlatform, HostPlatform};
 use husk_agent::reaper::Reaper;
-use husk_agent::server::{error_chain, log, Agent, Platform, ServerConfig};
+use husk_agent::server::{log, Agent, Platform, ServerConfig};
+use husk_agent::sync::error_chain;
 use husk_agent::vsock::VsockListener;
 
 #[derive(Parser, Debug)]

@@ -91,7 +91,7 @@ pub fn run(args: &PackArgs) -> i32 {
     let bytes = match pack(&args.spec()) {
         Ok(b) => b,
         Err(e) => {
-            eprintln!("husk pack: {}", husk_agent::server::error_chain(&e));
+            eprintln!("husk pack: {}", husk_agent::sync::error_chain(&e));
             return 1;
         }
     };

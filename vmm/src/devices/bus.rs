@@ -104,10 +104,9 @@ impl Bus {
 }
 
 /// Lock a device, recovering from a poisoned mutex: a panic on another thread must not
-/// wedge every later access (the panic itself is reported where it happened).
-pub fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+/// wedge every later access (the panic itself is reported where it happened). The
+/// project's one poison-tolerant lock helper.
+pub use husk_agent::sync::lock;
 
 #[cfg(test)]
 mod tests {

@@ -81,10 +81,10 @@ pub const SERIAL_PORT_BASE: u16 = 0x3f8;
 pub const SERIAL_IRQ: u32 = 4;
 /// i8042 data port; the controller spans 0x60..=0x64.
 pub const I8042_PORT_BASE: u16 = 0x60;
-/// Boot-ready marker port.
-pub const BOOT_MARKER_PORT: u16 = 0x440;
+/// Boot-ready marker port (defined once, in the agent crate that writes it).
+pub const BOOT_MARKER_PORT: u16 = husk_agent::pid1::READY_PORT;
 /// The value written to [`BOOT_MARKER_PORT`] to mean "ready".
-pub const BOOT_MARKER_READY: u8 = 0x7b;
+pub const BOOT_MARKER_READY: u8 = husk_agent::pid1::READY_VALUE;
 
 // The fixed boot areas do not overlap (checked at compile time).
 const _: () = {

@@ -27,8 +27,8 @@ pub const MMIO_VERSION: u32 = 2;
 pub const MMIO_VENDOR_ID: u32 = 0x4b53_5548;
 /// Size of the MMIO window of one device.
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
-/// Offset of the QueueNotify register (the builder registers ioeventfds here).
-pub const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
+/// Offset of the QueueNotify register (the device manager registers ioeventfds here).
+pub const QUEUE_NOTIFY_OFFSET: u64 = reg::QUEUE_NOTIFY;
 /// Offset where the device-specific configuration space starts.
 pub const CONFIG_SPACE_OFFSET: u64 = 0x100;
 
