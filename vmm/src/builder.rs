@@ -146,7 +146,7 @@ fn check_file(what: &'static str, path: &std::path::Path) -> Result<(), BuildErr
 }
 
 /// The host's total RAM in MiB (from /proc/meminfo), if readable.
-fn host_memory_mib() -> Option<u64> {
+pub(crate) fn host_memory_mib() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -276,7 +276,10 @@ fn load_initrd(
     Ok(InitrdPlacement { address, size })
 }
 
-fn console_sink(cfg: &ConsoleConfig, stop: StopSignal) -> Result<ConsoleSink, BuildError> {
+pub(crate) fn console_sink(
+    cfg: &ConsoleConfig,
+    stop: StopSignal,
+) -> Result<ConsoleSink, BuildError> {
     let out: Box<dyn std::io::Write + Send> = match cfg {
         ConsoleConfig::Stdout => Box::new(std::io::stdout()),
         ConsoleConfig::File(p) => {
