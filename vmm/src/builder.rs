@@ -453,9 +453,14 @@ pub fn build_microvm_for_boot(
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| BuildError::Kvm("report its supported CPUID", e))?;
     let tsc_deadline = kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
+    // The MSRs a snapshot saves (read now: the vCPU threads cannot open /dev/kvm).
+    let msr_list = kvm
+        .get_msr_index_list()
+        .map(|l| l.as_slice().to_vec())
+        .unwrap_or_default();
     let mut vcpus = Vec::with_capacity(usize::from(res.vcpus));
     for i in 0..res.vcpus {
-        let vcpu = Vcpu::new(
+        let mut vcpu = Vcpu::new(
             vm.fd(),
             i,
             devices.io_bus().clone(),
@@ -469,6 +474,7 @@ pub fn build_microvm_for_boot(
             tsc_deadline,
             (i == 0).then_some(kernel.entry),
         )?;
+        vcpu.set_saveable_msrs(msr_list.clone());
         vcpus.push(vcpu.start(res.seccomp)?);
     }
 

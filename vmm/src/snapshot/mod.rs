@@ -11,6 +11,7 @@
 pub mod create;
 pub mod format;
 pub mod memory;
+pub mod params;
 pub mod persist;
 pub mod restore;
 
