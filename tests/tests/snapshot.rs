@@ -1,0 +1,222 @@
+//! Snapshot e2e test: boot the `fn-counter` worker (reuse on) with the API socket, warm
+//! it with three invocations, snapshot it through the API (`husk snapshot create
+//! --api-sock`), then restore clones, each in a fresh `husk snapshot restore` process
+//! with its own vsock socket, all running at once: each answers its first invocation
+//! with the counter value from before the snapshot plus one. A bit-flipped and a
+//! truncated state file are refused cleanly. Prints (benchmark, not asserted):
+//! boot → first result vs restore → first result, medians, and the snapshot sizes.
+//!
+//! Needs a hardware-virt KVM host (run it through `husk-testhost`), `HUSK_KERNEL` and the
+//! static binaries (`scripts/build.sh`); fails, never skips.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use husk_agent::client::{AgentClient, ClientConfig};
+use husk_agent::config::Mode;
+use husk_agent::pack::{pack, PackSpec};
+use husk_agent::protocol::{Invoke, InvokeResult, Status};
+use husk_tests::e2e::{self, ScratchDir, Spawned};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+const CLONES: usize = 5;
+const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=0 pci=off nomodule \
+     i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet husk.reuse=1";
+
+fn husk() -> PathBuf {
+    e2e::bin("husk").unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn pack_counter(dir: &Path) -> PathBuf {
+    let spec = PackSpec {
+        agent: e2e::bin("husk-agent").unwrap_or_else(|e| panic!("{e}")),
+        function: e2e::bin("fn-counter").unwrap_or_else(|e| panic!("{e}")),
+        mode: Mode::Worker,
+        args: vec![],
+        env: BTreeMap::new(),
+        files: vec![],
+        deadline_ms: None,
+        output_cap: None,
+        gzip: false,
+    };
+    let initrd = dir.join("initramfs.cpio");
+    std::fs::write(&initrd, pack(&spec).unwrap()).unwrap();
+    initrd
+}
+
+fn boot(dir: &Path, initrd: &Path, uds: &Path, api: &Path) -> Spawned {
+    let mut cmd = Command::new(husk());
+    cmd.arg("run")
+        .arg("--kernel")
+        .arg(e2e::kernel().unwrap_or_else(|e| panic!("{e}")))
+        .arg("--initrd")
+        .arg(initrd)
+        .args(["--mem-mib", "128", "--vsock-cid", "3", "--vsock-uds"])
+        .arg(uds)
+        .arg("--api-sock")
+        .arg(api)
+        .args(["--entropy", "--boot-timer", "--console"])
+        .arg(dir.join("console.log"))
+        .arg("--cmdline")
+        .arg(BASE_CMDLINE);
+    Spawned::spawn(cmd).unwrap()
+}
+
+fn invoke(uds: &Path, vm: &mut Spawned, wait: Duration) -> InvokeResult {
+    let mut cfg = ClientConfig::new(uds);
+    cfg.connect_timeout = Duration::from_secs(10);
+    let mut c = AgentClient::connect_with_retry(&cfg, wait).unwrap_or_else(|e| {
+        panic!(
+            "cannot reach the agent: {e}\n--- transcript ---\n{}",
+            vm.transcript()
+        )
+    });
+    c.invoke(
+        Invoke {
+            id: 1,
+            deadline_ms: 10_000,
+            payload: b"tick".to_vec(),
+        },
+        STEP_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("invocation failed: {e}\n{}", vm.transcript()))
+}
+
+fn restore(dir: &Path, state: &Path, mem: &Path, uds: &Path, id: &str) -> Spawned {
+    let mut cmd = Command::new(husk());
+    cmd.args(["snapshot", "restore", "--boot-timer", "--snapshot-path"])
+        .arg(state)
+        .arg("--mem-file-path")
+        .arg(mem)
+        .arg("--vsock-uds")
+        .arg(uds)
+        .args(["--sandbox-id", id, "--console"])
+        .arg(dir.join(format!("console-{id}.log")));
+    Spawned::spawn(cmd).unwrap()
+}
+
+#[test]
+fn warmed_counter_snapshot_restores_into_coexisting_clones() {
+    e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
+    let dir = ScratchDir::new("snapshot").unwrap();
+    let d = dir.path();
+    let initrd = pack_counter(d);
+    let (uds, api) = (d.join("vsock.sock"), d.join("api.sock"));
+    let state = d.join("counter.state");
+    let mem = d.join("counter.mem");
+
+    // Boot and warm: three ticks. Boot → first result is the baseline figure.
+    let started = Instant::now();
+    let mut vm = boot(d, &initrd, &uds, &api);
+    let r = invoke(&uds, &mut vm, BOOT_TIMEOUT);
+    let boot_to_first = started.elapsed();
+    assert_eq!((r.status, r.body.clone()), (Status::Ok, b"1".to_vec()));
+    for n in 2..=3 {
+        let r = invoke(&uds, &mut vm, STEP_TIMEOUT);
+        assert_eq!((r.status, r.body), (Status::Ok, n.to_string().into_bytes()));
+    }
+
+    // Snapshot through the API socket: pause, create.
+    let t = Instant::now();
+    let out = e2e::run_with_timeout(
+        Command::new(husk())
+            .args(["snapshot", "create", "--api-sock"])
+            .arg(&api)
+            .arg("--snapshot-path")
+            .arg(&state)
+            .arg("--mem-file-path")
+            .arg(&mem),
+        STEP_TIMEOUT,
+    )
+    .unwrap();
+    let create_took = t.elapsed();
+    assert!(
+        out.status.success(),
+        "snapshot create failed: {}\n{}",
+        out.stderr_str(),
+        vm.transcript()
+    );
+    vm.kill();
+    let (state_md, mem_md) = (
+        std::fs::metadata(&state).unwrap(),
+        std::fs::metadata(&mem).unwrap(),
+    );
+    assert_eq!(mem_md.len(), 128 << 20, "memory file holds all guest RAM");
+    assert!(
+        mem_md.blocks() * 512 < mem_md.len(),
+        "memory file is sparse"
+    );
+
+    // Clones, each in a fresh process with its own vsock socket, all alive at once.
+    let mut clones = Vec::new();
+    let mut restore_to_first = Vec::new();
+    for i in 0..CLONES {
+        let cuds = d.join(format!("clone{i}.sock"));
+        let t = Instant::now();
+        let mut c = restore(d, &state, &mem, &cuds, &format!("clone{i}"));
+        c.wait_for_line("agent restored (generation", BOOT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("clone {i}: {e}"));
+        let r = invoke(&cuds, &mut c, STEP_TIMEOUT);
+        restore_to_first.push(t.elapsed());
+        assert_eq!(
+            (r.status, r.body),
+            (Status::Ok, b"4".to_vec()),
+            "clone {i} continues from the warmed counter (3)"
+        );
+        clones.push((c, cuds));
+    }
+    // Every clone is still alive and independent: a second tick gives 5 in each.
+    for (c, cuds) in &mut clones {
+        let r = invoke(cuds, c, STEP_TIMEOUT);
+        assert_eq!((r.status, r.body), (Status::Ok, b"5".to_vec()));
+    }
+    for (mut c, _) in clones {
+        c.kill();
+    }
+
+    // Corrupted state files are refused with a clear error, no VM started.
+    let good = std::fs::read(&state).unwrap();
+    let bad = d.join("bad.state");
+    let mut flipped = good.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x01;
+    for (what, bytes, needle) in [
+        ("bit flip", flipped, "corrupt"),
+        ("truncated", good[..good.len() / 3].to_vec(), "truncated"),
+    ] {
+        std::fs::write(&bad, bytes).unwrap();
+        let out = e2e::run_with_timeout(
+            Command::new(husk())
+                .args(["snapshot", "restore", "--snapshot-path"])
+                .arg(&bad)
+                .arg("--mem-file-path")
+                .arg(&mem),
+            STEP_TIMEOUT,
+        )
+        .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", out.stderr_str());
+        assert!(
+            out.stderr_str().contains(needle),
+            "{what}: {}",
+            out.stderr_str()
+        );
+    }
+
+    println!(
+        "snapshot benchmark: boot -> first result {:.0} ms (one boot); restore -> first result median {:.0} ms over {CLONES} clones (min {:.0}, max {:.0}); create {:.0} ms; state {} bytes; memory {} MiB apparent, {} KiB allocated",
+        boot_to_first.as_secs_f64() * 1e3,
+        e2e::median(&restore_to_first).as_secs_f64() * 1e3,
+        restore_to_first.iter().min().unwrap().as_secs_f64() * 1e3,
+        restore_to_first.iter().max().unwrap().as_secs_f64() * 1e3,
+        create_took.as_secs_f64() * 1e3,
+        state_md.len(),
+        mem_md.len() >> 20,
+        mem_md.blocks() * 512 / 1024,
+    );
+}
