@@ -86,6 +86,11 @@ pub enum FormatError {
     },
 }
 
+/// The CRC-64/XZ of `body`, as the header carries it.
+pub fn checksum(body: &[u8]) -> u64 {
+    CRC.checksum(body)
+}
+
 /// Encode `state` into a complete state file image (header + body).
 pub fn encode<T: Serialize>(state: &T) -> Result<Vec<u8>, FormatError> {
     let body = postcard::to_stdvec(state).map_err(FormatError::Encode)?;
