@@ -400,7 +400,10 @@ fn snapshot_command(args: crate::commands::snapshot::SnapshotArgs) -> Result<i32
     match args.command {
         SnapshotCommand::Create(c) => {
             if let Some(sock) = &c.api_sock {
-                init_logging(&LogArgs::default())?;
+                init_logging(&LogArgs {
+                    level: "Warning".into(),
+                    ..LogArgs::default()
+                })?;
                 snap::create_via_api(&c, sock)?;
                 return Ok(0);
             }
