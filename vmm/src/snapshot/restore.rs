@@ -295,13 +295,6 @@ pub fn build_microvm_from_snapshot(
         };
         *lock(&slot.transport) = transport;
     }
-    if let Some(v) = vsock_dev {
-        let mut v = lock(&v);
-        if v.is_activated() {
-            v.send_transport_reset()
-                .map_err(step("the vsock transport reset event"))?;
-        }
-    }
 
     let mut vcpus = Vec::with_capacity(state.vcpus.len());
     for (i, vs) in state.vcpus.iter().enumerate() {
@@ -316,6 +309,16 @@ pub fn build_microvm_from_snapshot(
         vcpu.set_saveable_msrs(msr_list.clone());
         vcpu.restore_state(vs).map_err(step("a vCPU"))?;
         vcpus.push(vcpu.start(args.seccomp).map_err(BuildError::from)?);
+    }
+    // Only now, with every LAPIC restored: an interrupt raised before the vCPUs exist
+    // would be delivered to no LAPIC and lost (and the LAPIC restore would overwrite
+    // its IRR anyway). The vCPUs are still paused, so the guest sees it first thing.
+    if let Some(v) = vsock_dev {
+        let mut v = lock(&v);
+        if v.is_activated() {
+            v.send_transport_reset()
+                .map_err(step("the vsock transport reset event"))?;
+        }
     }
     let report = RestoreReport {
         state_us,
