@@ -33,10 +33,10 @@ fn husk() -> PathBuf {
     e2e::bin("husk").unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn pack_counter(dir: &Path) -> PathBuf {
+fn pack_worker(dir: &Path, function: &str) -> PathBuf {
     let spec = PackSpec {
         agent: e2e::bin("husk-agent").unwrap_or_else(|e| panic!("{e}")),
-        function: e2e::bin("fn-counter").unwrap_or_else(|e| panic!("{e}")),
+        function: e2e::bin(function).unwrap_or_else(|e| panic!("{e}")),
         mode: Mode::Worker,
         args: vec![],
         env: BTreeMap::new(),
@@ -88,6 +88,20 @@ fn invoke(uds: &Path, vm: &mut Spawned, wait: Duration) -> InvokeResult {
     .unwrap_or_else(|e| panic!("invocation failed: {e}\n{}", vm.transcript()))
 }
 
+fn snapshot_via_api(api: &Path, state: &Path, mem: &Path) -> e2e::Finished {
+    e2e::run_with_timeout(
+        Command::new(husk())
+            .args(["snapshot", "create", "--api-sock"])
+            .arg(api)
+            .arg("--snapshot-path")
+            .arg(state)
+            .arg("--mem-file-path")
+            .arg(mem),
+        STEP_TIMEOUT,
+    )
+    .unwrap()
+}
+
 fn restore(dir: &Path, state: &Path, mem: &Path, uds: &Path, id: &str) -> Spawned {
     let mut cmd = Command::new(husk());
     cmd.args(["snapshot", "restore", "--boot-timer", "--snapshot-path"])
@@ -106,7 +120,7 @@ fn warmed_counter_snapshot_restores_into_coexisting_clones() {
     e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
     let dir = ScratchDir::new("snapshot").unwrap();
     let d = dir.path();
-    let initrd = pack_counter(d);
+    let initrd = pack_worker(d, "fn-counter");
     let (uds, api) = (d.join("vsock.sock"), d.join("api.sock"));
     let state = d.join("counter.state");
     let mem = d.join("counter.mem");
@@ -219,4 +233,34 @@ fn warmed_counter_snapshot_restores_into_coexisting_clones() {
         mem_md.len() >> 20,
         mem_md.blocks() * 512 / 1024,
     );
+}
+
+#[test]
+fn clones_of_one_snapshot_draw_different_random_bytes() {
+    e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
+    let dir = ScratchDir::new("snapshot-rand").unwrap();
+    let d = dir.path();
+    let initrd = pack_worker(d, "fn-random");
+    let (uds, api) = (d.join("vsock.sock"), d.join("api.sock"));
+    let (state, mem) = (d.join("rand.state"), d.join("rand.mem"));
+    let mut vm = boot(d, &initrd, &uds, &api);
+    // Warm: the worker has drawn random bytes before the snapshot.
+    let before = invoke(&uds, &mut vm, BOOT_TIMEOUT);
+    assert_eq!(before.status, Status::Ok);
+    let out = snapshot_via_api(&api, &state, &mem);
+    assert!(out.status.success(), "{}", out.stderr_str());
+    vm.kill();
+    let mut seen = vec![before.body];
+    for i in 0..3 {
+        let cuds = d.join(format!("r{i}.sock"));
+        let mut c = restore(d, &state, &mem, &cuds, &format!("r{i}"));
+        c.wait_for_line("agent restored (generation", BOOT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("clone {i}: {e}"));
+        let r = invoke(&cuds, &mut c, STEP_TIMEOUT);
+        assert_eq!(r.status, Status::Ok);
+        assert_eq!(r.body.len(), 64, "32 bytes in hex");
+        assert!(!seen.contains(&r.body), "clone {i} repeated random bytes");
+        seen.push(r.body);
+        c.kill();
+    }
 }
