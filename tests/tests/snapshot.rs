@@ -264,3 +264,38 @@ fn clones_of_one_snapshot_draw_different_random_bytes() {
         c.kill();
     }
 }
+
+#[test]
+fn snapshot_at_ready_then_restore_serves_from_the_ready_state() {
+    e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
+    let dir = ScratchDir::new("snapshot-ready").unwrap();
+    let d = dir.path();
+    let initrd = pack_worker(d, "fn-counter");
+    let (state, mem) = (d.join("ready.state"), d.join("ready.mem"));
+    // Boot, wait for the agent's ready marker, snapshot, exit 0: one command.
+    let out = e2e::run_with_timeout(
+        Command::new(husk())
+            .args(["snapshot", "create", "--at-ready", "--snapshot-path"])
+            .arg(&state)
+            .arg("--mem-file-path")
+            .arg(&mem)
+            .args(["--", "--kernel"])
+            .arg(e2e::kernel().unwrap_or_else(|e| panic!("{e}")))
+            .arg("--initrd")
+            .arg(&initrd)
+            .args(["--mem-mib", "128", "--vsock-cid", "3", "--vsock-uds"])
+            .arg(d.join("boot.sock"))
+            .args(["--entropy", "--console", "null", "--cmdline", BASE_CMDLINE]),
+        BOOT_TIMEOUT,
+    )
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_str());
+    assert!(state.exists() && mem.exists());
+    let cuds = d.join("c.sock");
+    let mut c = restore(d, &state, &mem, &cuds, "ready0");
+    c.wait_for_line("agent restored (generation", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let r = invoke(&cuds, &mut c, STEP_TIMEOUT);
+    assert_eq!((r.status, r.body), (Status::Ok, b"1".to_vec()));
+    c.kill();
+}
