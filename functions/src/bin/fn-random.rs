@@ -17,7 +17,11 @@ fn random_hex() -> Result<Vec<u8>, Vec<u8>> {
         }
         filled += n as usize;
     }
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect::<String>().into_bytes())
+    Ok(buf
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .into_bytes())
 }
 
 fn main() {
