@@ -51,8 +51,13 @@ fn pack_worker(dir: &Path, function: &str) -> PathBuf {
 }
 
 fn boot(dir: &Path, initrd: &Path, uds: &Path, api: &Path) -> Spawned {
+    boot_vcpus(dir, initrd, uds, api, 1)
+}
+
+fn boot_vcpus(dir: &Path, initrd: &Path, uds: &Path, api: &Path, vcpus: u8) -> Spawned {
     let mut cmd = Command::new(husk());
     cmd.arg("run")
+        .args(["--vcpus", &vcpus.to_string()])
         .arg("--kernel")
         .arg(e2e::kernel().unwrap_or_else(|e| panic!("{e}")))
         .arg("--initrd")
@@ -263,6 +268,8 @@ fn warmed_counter_snapshot_restores_into_coexisting_clones() {
     );
 }
 
+/// Also: the snapshot is of a 2-vCPU guest, and taken while a vsock connection to the
+/// agent is open (the clones drop it on the transport reset and serve new ones).
 #[test]
 fn clones_of_one_snapshot_draw_different_random_bytes() {
     e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
@@ -271,12 +278,14 @@ fn clones_of_one_snapshot_draw_different_random_bytes() {
     let initrd = pack_worker(d, "fn-random");
     let (uds, api) = (d.join("vsock.sock"), d.join("api.sock"));
     let (state, mem) = (d.join("rand.state"), d.join("rand.mem"));
-    let mut vm = boot(d, &initrd, &uds, &api);
+    let mut vm = boot_vcpus(d, &initrd, &uds, &api, 2);
     // Warm: the worker has drawn random bytes before the snapshot.
     let before = invoke(&uds, &mut vm, BOOT_TIMEOUT);
     assert_eq!(before.status, Status::Ok);
+    let open = AgentClient::connect(&ClientConfig::new(&uds)).unwrap();
     let out = snapshot_via_api(&api, &state, &mem);
     assert!(out.status.success(), "{}", out.stderr_str());
+    drop(open);
     vm.kill();
     let mut seen = vec![before.body];
     for i in 0..3 {
