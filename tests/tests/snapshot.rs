@@ -343,6 +343,8 @@ fn clones_of_one_snapshot_draw_different_random_bytes() {
     }
 }
 
+/// The guest boots with `husk.await_restore=1`: a clone restored without husk's
+/// handshake refuses invocations until the host sends `Restored`.
 /// Also prints (benchmark): restore -> first result for a 128 MiB and a 1 GiB guest,
 /// which should be about the same (the memory file is mapped, not read).
 #[test]
@@ -377,7 +379,8 @@ fn snapshot_at_ready_then_restore_serves_from_the_ready_state() {
                     "--vsock-uds",
                 ])
                 .arg(d.join("boot.sock"))
-                .args(["--entropy", "--console", "null", "--cmdline", BASE_CMDLINE]),
+                .args(["--entropy", "--console", "null", "--cmdline"])
+                .arg(format!("{BASE_CMDLINE} husk.await_restore=1")),
             BOOT_TIMEOUT,
         )
         .unwrap();
@@ -393,6 +396,50 @@ fn snapshot_at_ready_then_restore_serves_from_the_ready_state() {
                 .unwrap_or_else(|e| panic!("{e}"));
             let r = invoke(&cuds, &mut c, STEP_TIMEOUT);
             times.push(t.elapsed());
+            assert_eq!((r.status, r.body), (Status::Ok, b"1".to_vec()));
+            c.kill();
+        }
+        if mib == 128 {
+            // Without the handshake: refused until Restored, then served.
+            let cuds = d.join("gate.sock");
+            let mut cmd = Command::new(husk());
+            cmd.args(["snapshot", "restore", "--skip-handshake", "--snapshot-path"])
+                .arg(&state)
+                .arg("--mem-file-path")
+                .arg(&mem)
+                .arg("--vsock-uds")
+                .arg(&cuds);
+            let mut c = Spawned::spawn(cmd).unwrap();
+            let mut cfg = ClientConfig::new(&cuds);
+            cfg.connect_timeout = Duration::from_secs(10);
+            let mut client = AgentClient::connect_with_retry(&cfg, BOOT_TIMEOUT)
+                .unwrap_or_else(|e| panic!("{e}\n{}", c.transcript()));
+            let tick = Invoke {
+                id: 1,
+                deadline_ms: 10_000,
+                payload: b"tick".to_vec(),
+            };
+            match client.invoke(tick.clone(), STEP_TIMEOUT) {
+                Err(husk_agent::client::ClientError::Agent(e)) => {
+                    assert_eq!(
+                        e.code,
+                        husk_agent::protocol::ErrorCode::AwaitingRestore as u16
+                    )
+                }
+                other => panic!("invocation before Restored was not refused: {other:?}"),
+            }
+            let hello = client
+                .restored(
+                    husk_agent::protocol::Restored {
+                        entropy_seed: vec![7; 32],
+                        wall_clock_ns: 1_800_000_000_000_000_000,
+                        new_sandbox_id: "gate".into(),
+                    },
+                    STEP_TIMEOUT,
+                )
+                .unwrap();
+            assert_eq!(hello.restore_generation, 1);
+            let r = invoke(&cuds, &mut c, STEP_TIMEOUT);
             assert_eq!((r.status, r.body), (Status::Ok, b"1".to_vec()));
             c.kill();
         }

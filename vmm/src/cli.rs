@@ -436,7 +436,7 @@ fn snapshot_command(args: crate::commands::snapshot::SnapshotArgs) -> Result<i32
             // The handshake thread starts before the load: no thread can be spawned once
             // the VMM thread's seccomp filter is installed. It retries until the restored
             // vsock socket accepts.
-            if let Some(uds) = r.vsock_uds.clone() {
+            if let Some(uds) = r.vsock_uds.clone().filter(|_| !r.skip_handshake) {
                 let id = r
                     .sandbox_id
                     .clone()
@@ -448,7 +448,7 @@ fn snapshot_command(args: crate::commands::snapshot::SnapshotArgs) -> Result<i32
                     .map_err(|e| {
                         CliError::Usage(format!("cannot start the handshake thread: {e}"))
                     })?;
-            } else {
+            } else if !r.skip_handshake {
                 log::warn!("no --vsock-uds: the agent gets no Restored message from husk; send it before invoking");
             }
             let result = controller

@@ -84,6 +84,10 @@ pub struct RestoreCliArgs {
     /// The new sandbox id sent to the agent (default: restored-<pid>).
     #[arg(long)]
     pub sandbox_id: Option<String>,
+    /// Do not send the agent `Restored` (the caller, e.g. a pool, sends it itself; an
+    /// agent booted with husk.await_restore=1 refuses invocations until then).
+    #[arg(long)]
+    pub skip_handshake: bool,
     /// Guest console: `stdout`, `null`, or a file path.
     #[arg(long, default_value = "null")]
     pub console: String,
@@ -332,6 +336,7 @@ mod tests {
             mem_file_path: "/m".into(),
             vsock_uds: Some("/v".into()),
             sandbox_id: None,
+            skip_handshake: false,
             console: "null".into(),
             boot_timer: false,
             api_sock: None,
