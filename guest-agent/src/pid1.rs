@@ -164,9 +164,8 @@ impl Platform for GuestPlatform {
     }
 
     fn restored(&self, r: &Restored) {
-        // Mix the seed into the pool (writing to urandom adds without crediting).
-        if let Err(e) = std::fs::write("/dev/urandom", &r.entropy_seed) {
-            log(&format!("cannot mix restore entropy: {e}"));
+        if let Err(e) = credit_entropy(&r.entropy_seed) {
+            log(&format!("cannot credit restore entropy: {e}"));
         }
         let ts = libc::timespec {
             tv_sec: (r.wall_clock_ns / 1_000_000_000) as libc::time_t,
@@ -180,6 +179,47 @@ impl Platform for GuestPlatform {
             ));
         }
     }
+}
+
+/// `RNDADDENTROPY` = `_IOW('R', 0x03, int[2])`.
+const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+/// `RNDRESEEDCRNG` = `_IO('R', 0x07)`.
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+/// Most seed bytes credited (the host sends 32).
+const MAX_SEED: usize = 256;
+
+/// Add `seed` to the kernel's pool *credited* as entropy (`RNDADDENTROPY`, 8 bits per
+/// byte: the host's getrandom output), then force the CRNG to reseed from it at once
+/// (`RNDRESEEDCRNG`), so two clones of one snapshot diverge before the next read.
+fn credit_entropy(seed: &[u8]) -> io::Result<()> {
+    let seed = &seed[..seed.len().min(MAX_SEED)];
+    if seed.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty seed"));
+    }
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")?;
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let words = seed.len().div_ceil(4);
+    let mut info = vec![0u32; 2 + words];
+    info[0] = (seed.len() * 8) as u32;
+    info[1] = seed.len() as u32;
+    for (i, chunk) in seed.chunks(4).enumerate() {
+        let mut w = [0u8; 4];
+        w[..chunk.len()].copy_from_slice(chunk);
+        info[2 + i] = u32::from_ne_bytes(w);
+    }
+    use std::os::fd::AsRawFd;
+    // SAFETY: `info` is a rand_pool_info of 2 + words u32s, buf_size bytes of payload;
+    // the kernel reads exactly that and keeps no pointer.
+    if unsafe { libc::ioctl(f.as_raw_fd(), RNDADDENTROPY as _, info.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    if unsafe { libc::ioctl(f.as_raw_fd(), RNDRESEEDCRNG as _) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// A platform for running the agent outside a VM: shutdown exits, restore only logs.

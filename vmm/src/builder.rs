@@ -174,7 +174,7 @@ fn check_file(what: &'static str, path: &std::path::Path) -> Result<(), BuildErr
 }
 
 /// The host's total RAM in MiB (from /proc/meminfo), if readable.
-fn host_memory_mib() -> Option<u64> {
+pub(crate) fn host_memory_mib() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -304,7 +304,10 @@ fn load_initrd(
     Ok(InitrdPlacement { address, size })
 }
 
-fn console_sink(cfg: &ConsoleConfig, stop: StopSignal) -> Result<ConsoleSink, BuildError> {
+pub(crate) fn console_sink(
+    cfg: &ConsoleConfig,
+    stop: StopSignal,
+) -> Result<ConsoleSink, BuildError> {
     let out: Box<dyn std::io::Write + Send> = match cfg {
         ConsoleConfig::Stdout => Box::new(std::io::stdout()),
         ConsoleConfig::File(p) => {
@@ -515,9 +518,14 @@ pub fn build_microvm_for_boot(
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| BuildError::Kvm("report its supported CPUID", e))?;
     let tsc_deadline = kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
+    // The MSRs a snapshot saves (read now: the vCPU threads cannot open /dev/kvm).
+    let msr_list = kvm
+        .get_msr_index_list()
+        .map(|l| l.as_slice().to_vec())
+        .unwrap_or_default();
     let mut vcpus = Vec::with_capacity(usize::from(res.vcpus));
     for i in 0..res.vcpus {
-        let vcpu = Vcpu::new(
+        let mut vcpu = Vcpu::new(
             vm.fd(),
             i,
             devices.io_bus().clone(),
@@ -531,6 +539,7 @@ pub fn build_microvm_for_boot(
             tsc_deadline,
             (i == 0).then_some(kernel.entry),
         )?;
+        vcpu.set_saveable_msrs(msr_list.clone());
         vcpus.push(vcpu.start(res.seccomp)?);
     }
 

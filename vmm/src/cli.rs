@@ -120,6 +120,8 @@ pub enum Command {
     /// Build root filesystem images (ext4, reproducible, no root needed).
     #[command(subcommand)]
     Image(crate::commands::image::ImageCommand),
+    /// Create a function snapshot, or restore a sandbox from one.
+    Snapshot(crate::commands::snapshot::SnapshotArgs),
 }
 
 /// `husk run`.
@@ -269,13 +271,17 @@ pub enum CliError {
     /// Signal handlers.
     #[error("cannot install the SIGTERM/SIGINT handlers")]
     Signals(#[source] std::io::Error),
+    /// `husk snapshot`.
+    #[error(transparent)]
+    Snapshot(#[from] crate::commands::snapshot::SnapshotCliError),
 }
 
 impl CliError {
     /// The process exit status for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            CliError::Usage(_) => 2,
+            CliError::Usage(_)
+            | CliError::Snapshot(crate::commands::snapshot::SnapshotCliError::Usage(_)) => 2,
             _ => 1,
         }
     }
@@ -331,11 +337,22 @@ pub fn boot_and_run(
     boot_timeout: Option<Duration>,
     api_sock: Option<&std::path::Path>,
 ) -> Result<StopReason, CliError> {
+    boot_and_run_with(res, boot_timeout, api_sock, None)
+}
+
+/// [`boot_and_run`], optionally snapshotting when the guest is ready.
+pub fn boot_and_run_with(
+    res: &VmResources,
+    boot_timeout: Option<Duration>,
+    api_sock: Option<&std::path::Path>,
+    snapshot_at_ready: Option<crate::snapshot::params::SnapshotCreateParams>,
+) -> Result<StopReason, CliError> {
     let mut controller = controller_for(ControllerOptions {
         console: res.console.clone(),
         boot_timer: res.boot_timer,
         seccomp: res.seccomp,
         boot_timeout,
+        snapshot_at_ready,
         ..ControllerOptions::default()
     })?;
     res.validate()?;
@@ -384,6 +401,7 @@ fn firecracker_mode(fc: FirecrackerArgs) -> Result<StopReason, CliError> {
         boot_timer: fc.boot_timer,
         seccomp: !fc.no_seccomp,
         boot_timeout: None,
+        snapshot_at_ready: None,
     })?;
     if let Some(path) = &fc.metrics_path {
         controller
@@ -422,6 +440,85 @@ fn firecracker_mode(fc: FirecrackerArgs) -> Result<StopReason, CliError> {
     result
 }
 
+fn console_config(s: &str) -> ConsoleConfig {
+    match s {
+        "stdout" => ConsoleConfig::Stdout,
+        "null" => ConsoleConfig::Null,
+        path => ConsoleConfig::File(PathBuf::from(path)),
+    }
+}
+
+/// `husk snapshot create|restore`.
+fn snapshot_command(args: crate::commands::snapshot::SnapshotArgs) -> Result<i32, CliError> {
+    use crate::commands::snapshot::{self as snap, SnapshotCommand};
+    match args.command {
+        SnapshotCommand::Create(c) => {
+            if let Some(sock) = &c.api_sock {
+                init_logging(&LogArgs {
+                    level: "Warning".into(),
+                    ..LogArgs::default()
+                })?;
+                snap::create_via_api(&c, sock)?;
+                return Ok(0);
+            }
+            let run = snap::at_ready_run_args(&c)?;
+            init_logging(&run.log)?;
+            let reason = boot_and_run_with(
+                &run.to_resources(),
+                run.boot_timeout_secs.map(Duration::from_secs),
+                run.api_sock.as_deref(),
+                Some(snap::create_params(&c)),
+            )?;
+            Ok(report(&reason))
+        }
+        SnapshotCommand::Restore(r) => {
+            init_logging(&r.log)?;
+            let mut controller = controller_for(ControllerOptions {
+                console: console_config(&r.console),
+                boot_timer: r.boot_timer,
+                seccomp: !r.no_seccomp,
+                ..ControllerOptions::default()
+            })?;
+            if let Some(path) = &r.api_sock {
+                ApiServer::bind(
+                    path,
+                    controller.sender(),
+                    crate::api::http::DEFAULT_MAX_PAYLOAD,
+                )?
+                .spawn(!r.no_seccomp)?;
+            }
+            // The handshake thread starts before the load: no thread can be spawned once
+            // the VMM thread's seccomp filter is installed. It retries until the restored
+            // vsock socket accepts.
+            if let Some(uds) = r.vsock_uds.clone().filter(|_| !r.skip_handshake) {
+                let id = r
+                    .sandbox_id
+                    .clone()
+                    .unwrap_or_else(|| format!("restored-{}", std::process::id()));
+                let print = r.boot_timer;
+                std::thread::Builder::new()
+                    .name("husk-restored".into())
+                    .spawn(move || snap::restored_handshake(uds, id, print))
+                    .map_err(|e| {
+                        CliError::Usage(format!("cannot start the handshake thread: {e}"))
+                    })?;
+            } else if !r.skip_handshake {
+                log::warn!("no --vsock-uds: the agent gets no Restored message from husk; send it before invoking");
+            }
+            let result = controller
+                .handle(crate::controller::VmmAction::LoadSnapshot(
+                    snap::load_params(&r),
+                ))
+                .map_err(|e| CliError::Controller(e.into()))
+                .and_then(|_| Ok(controller.run()?));
+            if let Some(path) = &r.api_sock {
+                let _ = std::fs::remove_file(path);
+            }
+            Ok(report(&result?))
+        }
+    }
+}
+
 fn report(reason: &StopReason) -> i32 {
     match reason {
         StopReason::Reset => log::info!("the guest rebooted; exiting"),
@@ -437,6 +534,7 @@ fn report(reason: &StopReason) -> i32 {
             "husk: the guest agent hit a fatal error (see the console output above); exit status 5"
         ),
         StopReason::Signal(n) => log::info!("stopped by signal {n}"),
+        StopReason::SnapshotTaken => log::info!("snapshot taken at ready; exiting"),
     }
     reason.exit_code()
 }
@@ -465,6 +563,7 @@ pub fn run_main(args: Vec<String>) -> Result<i32, CliError> {
         Some(Command::Pack(args)) => Ok(crate::commands::pack::run(&args)),
         Some(Command::Invoke(args)) => Ok(crate::commands::invoke::run(&args)),
         Some(Command::Image(cmd)) => Ok(crate::commands::image::run(&cmd)),
+        Some(Command::Snapshot(args)) => snapshot_command(args),
         None => {
             let fc = cli.firecracker;
             init_logging(&fc.log)?;

@@ -123,6 +123,9 @@ pub struct ControllerOptions {
     pub seccomp: bool,
     /// Stop with [`StopReason::BootTimeout`] if not ready in time.
     pub boot_timeout: Option<Duration>,
+    /// Pause and snapshot when the guest becomes ready, then stop
+    /// (`husk snapshot create --at-ready`).
+    pub snapshot_at_ready: Option<crate::snapshot::params::SnapshotCreateParams>,
 }
 
 impl Default for ControllerOptions {
@@ -133,6 +136,7 @@ impl Default for ControllerOptions {
             boot_timer: false,
             seccomp: true,
             boot_timeout: None,
+            snapshot_at_ready: None,
         }
     }
 }
@@ -362,6 +366,7 @@ impl Controller {
                 vmm.report_memory("ready");
             }
         }
+        self.snapshot_at_ready();
     }
 
     fn finish(&mut self) {
@@ -541,6 +546,8 @@ impl Controller {
                 self.paused = true;
                 Ok(VmmData::Empty)
             }
+            VmmAction::CreateSnapshot(p) => self.create_snapshot(&p),
+            VmmAction::LoadSnapshot(p) => self.load_snapshot(&p),
             VmmAction::Resume => {
                 if let Some(vmm) = &self.vmm {
                     vmm.resume()
@@ -561,5 +568,6 @@ fn source_text(e: &dyn std::error::Error) -> String {
 pub use husk_agent::sync::error_chain;
 
 mod action;
+mod snapshot;
 #[cfg(test)]
 mod tests;

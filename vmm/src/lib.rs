@@ -26,6 +26,7 @@ pub mod logger;
 pub mod metrics;
 pub mod seccomp;
 pub mod signals;
+pub mod snapshot;
 pub mod stop;
 pub mod vmm;
 pub mod vstate;

@@ -2,7 +2,8 @@
 //!
 //! Process exit statuses of `husk` (also in `husk --help`):
 //! - 0: the guest reset or rebooted (i8042 reset, triple fault, KVM shutdown), or
-//!   powered off/halted ("reboot: Power down" / "reboot: System halted" on its console);
+//!   powered off/halted ("reboot: Power down" / "reboot: System halted" on its console),
+//!   or `husk snapshot create --at-ready` took its snapshot;
 //! - 1: a VMM or configuration error (including a vCPU that KVM could not run);
 //! - 2: command-line usage error;
 //! - 3: the guest kernel panicked ("Kernel panic - not syncing" on the console);
@@ -35,13 +36,15 @@ pub enum StopReason {
     AgentFatal,
     /// The VMM received this termination signal (SIGTERM, SIGINT).
     Signal(i32),
+    /// `husk snapshot create --at-ready` took its snapshot.
+    SnapshotTaken,
 }
 
 impl StopReason {
     /// The `husk` process exit status for this reason.
     pub fn exit_code(&self) -> i32 {
         match self {
-            StopReason::Reset | StopReason::PowerOff => 0,
+            StopReason::Reset | StopReason::PowerOff | StopReason::SnapshotTaken => 0,
             StopReason::Error(_) => 1,
             StopReason::GuestPanic => 3,
             StopReason::BootTimeout => 4,

@@ -25,6 +25,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/actions"),
     ("GET", "/vm/config"),
     ("PATCH", "/vm"),
+    ("PUT", "/snapshot/create"),
+    ("PUT", "/snapshot/load"),
     ("PUT", "/drives/{drive_id}"),
 ];
 
@@ -152,6 +154,8 @@ pub fn parse_request(method: &str, path: &str, body: &[u8]) -> Result<VmmAction,
             VmState::Paused => VmmAction::Pause,
             VmState::Resumed => VmmAction::Resume,
         },
+        ("PUT", "/snapshot/create") => VmmAction::CreateSnapshot(json(body)?),
+        ("PUT", "/snapshot/load") => VmmAction::LoadSnapshot(json(body)?),
         _ => return Err(invalid_path(method, path)),
     };
     Ok(action)

@@ -1,7 +1,10 @@
 //! `husk` subcommands that talk to or prepare a sandbox without running a VM:
-//! [`pack`] builds a guest initramfs for a function, [`image`] an ext4 root filesystem, [`invoke`] sends one invocation to a
-//! running sandbox's agent. Each exposes clap `Args` and a `run` returning an exit status.
+//! [`pack`] builds a guest initramfs for a function, [`image`] an ext4 root filesystem,
+//! [`invoke`] sends one invocation to a
+//! running sandbox's agent, [`snapshot`] creates and restores function snapshots. Each
+//! exposes clap `Args`.
 
 pub mod image;
 pub mod invoke;
 pub mod pack;
+pub mod snapshot;

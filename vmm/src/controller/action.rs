@@ -12,9 +12,9 @@ use crate::config::{
     BootSource, DriveSection, EntropySection, LoggerConfig, MachineConfig, MachineConfigUpdate,
     MetricsConfig, VsockSection,
 };
+use crate::snapshot::params::{SnapshotCreateParams, SnapshotLoadParams};
 
-/// A request to the controller. Snapshot actions (create, load) join this enum with
-/// the snapshot work; each is one variant with its body type, answered like the rest.
+/// A request to the controller; each is one variant with its body type.
 #[derive(Debug, Clone, PartialEq)]
 pub enum VmmAction {
     /// `GET /`.
@@ -51,6 +51,10 @@ pub enum VmmAction {
     Pause,
     /// `PATCH /vm` Resumed (post-boot).
     Resume,
+    /// `PUT /snapshot/create` (post-boot, paused).
+    CreateSnapshot(SnapshotCreateParams),
+    /// `PUT /snapshot/load` (pre-boot: a fresh process).
+    LoadSnapshot(SnapshotLoadParams),
 }
 
 impl VmmAction {
@@ -67,6 +71,7 @@ impl VmmAction {
                 | VmmAction::PutLogger(_)
                 | VmmAction::PutMetrics(_)
                 | VmmAction::InstanceStart
+                | VmmAction::LoadSnapshot(_)
         )
     }
 
@@ -74,7 +79,10 @@ impl VmmAction {
     pub fn is_post_boot_only(&self) -> bool {
         matches!(
             self,
-            VmmAction::Pause | VmmAction::Resume | VmmAction::SendCtrlAltDel
+            VmmAction::Pause
+                | VmmAction::Resume
+                | VmmAction::SendCtrlAltDel
+                | VmmAction::CreateSnapshot(_)
         )
     }
 }
@@ -174,6 +182,8 @@ pub(super) fn action_name(action: &VmmAction) -> &'static str {
         VmmAction::FlushMetrics => "FlushMetrics",
         VmmAction::Pause => "PATCH /vm (Paused)",
         VmmAction::Resume => "PATCH /vm (Resumed)",
+        VmmAction::CreateSnapshot(_) => "PUT /snapshot/create",
+        VmmAction::LoadSnapshot(_) => "PUT /snapshot/load",
         VmmAction::GetInstanceInfo => "GET /",
         VmmAction::GetVersion => "GET /version",
         VmmAction::GetVmConfig => "GET /vm/config",

@@ -7,7 +7,7 @@
 //!
 //! | thread | husk | Firecracker |
 //! |--------|------|-------------|
-//! | VMM    | 34   | 76          |
+//! | VMM    | 42   | 76          |
 //! | API    | 24   | 36          |
 //! | vCPU   | 17   | 49          |
 //!
@@ -19,11 +19,15 @@
 //! connections, half-close, allocator growth). The API list covers the API server
 //! thread (`api/`): epoll, accept, read/recv, write/send, the action channel's futex and
 //! eventfd write. virtio-blk adds `pread64`/`pwrite64`/`fsync` on drive images to the
-//! VMM list (requests are served on the VMM thread). Snapshot support must add its file
-//! syscalls and VM state ioctls.
+//! VMM list (requests are served on the VMM thread). Snapshot create adds file syscalls
+//! to the VMM list (`openat`, `lseek`, `ftruncate`, `fsync` (shared with virtio-blk),
+//! `rename`/`renameat`, `statx`/`newfstatat`/`fstat`: the
+//! file paths arrive with the request, so they cannot be pre-opened) and the VM state
+//! reads to its ioctls; restore runs before the filter is installed.
 //!
 //! Argument filters: `ioctl` only with listed requests per thread kind (vCPU: `KVM_RUN`
-//! and the vCPU state reads a snapshot needs; VMM and API: `FIONBIO`), `mmap`/`mprotect`
+//! and the vCPU state reads a snapshot needs, `KVMCLOCK_CTRL` at pause; VMM: `FIONBIO` and
+//! `KVM_GET_IRQCHIP`/`KVM_GET_PIT2`/`KVM_GET_CLOCK`; API: `FIONBIO`), `mmap`/`mprotect`
 //! never with `PROT_EXEC`, `madvise` with two advices, `socket` only `AF_UNIX`, `tgkill`
 //! only with the vCPU kick signal.
 //!

@@ -5,8 +5,8 @@
 use std::mem::size_of;
 
 use kvm_bindings::{
-    kvm_fpu, kvm_lapic_state, kvm_mp_state, kvm_msrs, kvm_regs, kvm_sregs, kvm_vcpu_events,
-    kvm_xcrs, kvm_xsave, KVMIO,
+    kvm_clock_data, kvm_cpuid2, kvm_debugregs, kvm_fpu, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
+    kvm_msrs, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, KVMIO,
 };
 use vmm_sys_util::ioctl::{ioctl_expr, _IOC_NONE, _IOC_READ, _IOC_WRITE};
 
@@ -80,19 +80,27 @@ pub const VCPU_IOCTLS: &[Ioctl] = &[
     ioctl!(KVM_GET_LAPIC = ior(0x8e, size_of::<kvm_lapic_state>())),
     ioctl!(KVM_GET_MP_STATE = ior(0x98, size_of::<kvm_mp_state>())),
     ioctl!(KVM_GET_VCPU_EVENTS = ior(0x9f, size_of::<kvm_vcpu_events>())),
+    ioctl!(KVM_GET_CPUID2 = iowr(0x91, size_of::<kvm_cpuid2>())),
+    ioctl!(KVM_GET_DEBUGREGS = ior(0xa1, size_of::<kvm_debugregs>())),
     ioctl!(KVM_GET_XSAVE = ior(0xa4, size_of::<kvm_xsave>())),
     ioctl!(KVM_GET_XCRS = ior(0xa6, size_of::<kvm_xcrs>())),
     ioctl!(KVM_GET_XSAVE2 = ior(0xcf, size_of::<kvm_xsave>())),
+    ioctl!(KVM_GET_TSC_KHZ = io(0xa3)),
+    ioctl!(KVM_KVMCLOCK_CTRL = io(0xad)),
 ];
 
 /// Ioctls of the VMM thread after boot: `FIONBIO` (std's `set_nonblocking` on accepted
-/// vsock connections). No KVM ioctl: the VMM thread makes none once the guest runs
-/// (interrupts go through irqfds). Snapshot support adds the VM state reads here
-/// (`KVM_GET_IRQCHIP`, `KVM_GET_PIT2`, `KVM_GET_CLOCK`, `KVM_GET_DIRTY_LOG`).
-pub const VMM_IOCTLS: &[Ioctl] = &[Ioctl {
-    request: libc::FIONBIO,
-    name: "FIONBIO",
-}];
+/// vsock connections) and the VM state reads of `PUT /snapshot/create` (interrupts go
+/// through irqfds: no other KVM ioctl once the guest runs).
+pub const VMM_IOCTLS: &[Ioctl] = &[
+    Ioctl {
+        request: libc::FIONBIO,
+        name: "FIONBIO",
+    },
+    ioctl!(KVM_GET_IRQCHIP = iowr(0x62, size_of::<kvm_irqchip>())),
+    ioctl!(KVM_GET_PIT2 = ior(0x9f, size_of::<kvm_pit_state2>())),
+    ioctl!(KVM_GET_CLOCK = ior(0x7c, size_of::<kvm_clock_data>())),
+];
 
 /// `FIONBIO` only (std's `set_nonblocking` on sockets).
 pub const API_IOCTLS: &[Ioctl] = &[Ioctl {
@@ -219,7 +227,7 @@ const VMM: &[Rule] = &[
     rule!(
         SYS_fsync,
         Any,
-        "virtio-blk: guest FLUSH on a read-write drive (File::sync_all)"
+        "virtio-blk: guest FLUSH on a read-write drive; snapshot create: durable files and directory"
     ),
     rule!(SYS_recvfrom, Any, "vsock: reads from host sockets (recv)"),
     rule!(SYS_sendto, Any, "vsock: writes to host sockets (send)"),
@@ -250,8 +258,32 @@ const VMM: &[Rule] = &[
     rule!(
         SYS_unlink,
         Any,
-        "vsock and API: remove the Unix sockets at exit"
+        "vsock and API: remove the Unix sockets at exit; snapshot: a failed temp file"
     ),
+    rule!(
+        SYS_openat,
+        Any,
+        "snapshot create: the state and memory files (paths come with the request)"
+    ),
+    rule!(
+        SYS_lseek,
+        Any,
+        "snapshot create: skip zero pages (sparse file)"
+    ),
+    rule!(SYS_ftruncate, Any, "snapshot create: memory file length"),
+    rule!(SYS_rename, Any, "snapshot create: atomic rename into place"),
+    rule!(
+        SYS_renameat,
+        Any,
+        "snapshot create: atomic rename (libc variant)"
+    ),
+    rule!(SYS_statx, Any, "snapshot create: file sizes for the report"),
+    rule!(
+        SYS_newfstatat,
+        Any,
+        "snapshot create: file sizes (statx fallback)"
+    ),
+    rule!(SYS_fstat, Any, "snapshot create: file sizes (fstat)"),
     rule!(
         SYS_rt_sigreturn,
         Any,

@@ -60,6 +60,12 @@ fn tiny_vm(code: &[u8]) -> (VmFd, GuestMemoryMmap) {
 /// A vCPU in real mode at CS:IP = 0:0x1000.
 fn real_mode_vcpu(vm: &VmFd, io: Bus, mmio: Bus, stop: &StopSignal) -> Vcpu {
     let vcpu = Vcpu::new(vm, 0, io, mmio, stop.try_clone().unwrap()).unwrap();
+    // A CPUID as at boot (a saved state carries it; restore refuses an empty one).
+    let supported = open_kvm()
+        .unwrap()
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .unwrap();
+    vcpu.fd().set_cpuid2(&supported).unwrap();
     let mut sregs = vcpu.fd().get_sregs().unwrap();
     sregs.cs.base = 0;
     sregs.cs.selector = 0;
@@ -362,7 +368,7 @@ fn saved_state_restores_into_a_fresh_vcpu() {
 
     // Hostile state: more MSRs than husk ever saves is refused.
     let mut bad = saved.clone();
-    bad.msrs = vec![bad.msrs[0]; 1000];
+    bad.msrs = vec![bad.msrs[0]; crate::vstate::vcpu::MAX_SAVED_MSRS + 1];
     assert!(matches!(
         vcpu.restore_state(&bad),
         Err(crate::vstate::vcpu::VcpuError::BadState(_))

@@ -20,8 +20,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use kvm_bindings::{
-    kvm_fpu, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events,
-    kvm_xcrs, kvm_xsave, CpuId, Msrs, Xsave,
+    kvm_cpuid_entry2, kvm_debugregs, kvm_fpu, kvm_lapic_state, kvm_mp_state, kvm_msr_entry,
+    kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs, Xsave,
 };
 use kvm_ioctls::{Cap, VcpuExit, VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
@@ -190,17 +190,32 @@ pub struct VcpuState {
     pub events: kvm_vcpu_events,
     /// Multiprocessing state.
     pub mp_state: kvm_mp_state,
-    /// The boot MSRs' current values.
+    /// Every MSR KVM lists as saveable (`KVM_GET_MSR_INDEX_LIST`) that the vCPU
+    /// could read, kvmclock and TSC-deadline included; the boot MSRs when the list
+    /// was not provided ([`Vcpu::set_saveable_msrs`]).
     pub msrs: Vec<kvm_msr_entry>,
+    /// The CPUID the vCPU was given.
+    pub cpuid: Vec<kvm_cpuid_entry2>,
     /// The XSAVE area (`KVM_GET_XSAVE2` where KVM has `KVM_CAP_XSAVE2`, else
     /// `KVM_GET_XSAVE`), as 32-bit words: AVX/AVX-512 registers and the rest of the
-    /// XSAVE-managed state. Empty in states saved before husk recorded it.
+    /// XSAVE-managed state. Empty where KVM cannot save it (`fpu` is then used).
     #[serde(default)]
     pub xsave: Vec<u32>,
-    /// The extended control registers (XCR0).
+    /// The extended control registers (XCR0); `nr_xcrs` 0 where KVM has none.
     #[serde(default)]
     pub xcrs: kvm_xcrs,
+    /// Debug registers.
+    pub debugregs: kvm_debugregs,
+    /// TSC frequency in kHz (`None` where KVM cannot tell).
+    pub tsc_khz: Option<u32>,
 }
+
+/// Most MSRs a saved vCPU state may carry.
+pub const MAX_SAVED_MSRS: usize = 1024;
+/// Most CPUID entries a saved vCPU state may carry (KVM's own limit is 256).
+pub const MAX_SAVED_CPUID: usize = 256;
+/// MSRs read per `KVM_GET_MSRS` call.
+const MSR_CHUNK: usize = 64;
 
 /// The FPU/SSE state (`kvm_fpu` in a serializable form).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -268,6 +283,7 @@ pub struct Vcpu {
     io_bus: Bus,
     mmio_bus: Bus,
     stop: StopSignal,
+    saveable_msrs: Vec<u32>,
 }
 
 const LAPIC_LVT0: usize = 0x350;
@@ -310,7 +326,14 @@ impl Vcpu {
             io_bus,
             mmio_bus,
             stop,
+            saveable_msrs: Vec::new(),
         })
+    }
+
+    /// The MSRs [`Vcpu::save_state`] saves: KVM's saveable list
+    /// (`Kvm::get_msr_index_list`), read while `/dev/kvm` is still open.
+    pub fn set_saveable_msrs(&mut self, list: Vec<u32>) {
+        self.saveable_msrs = list;
     }
 
     /// This vCPU's index (= APIC ID).
@@ -361,15 +384,33 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Load a saved architectural state into this (not yet started) vCPU. CPUID must
-    /// already be set ([`Vcpu::configure`]). `state` is untrusted: KVM validates the
-    /// register contents and refuses what it cannot load; an MSR list longer than the
-    /// boot list is refused here.
+    /// Load a saved architectural state into this (not yet started) vCPU, CPUID
+    /// included (do not call [`Vcpu::configure`] first). `state` is untrusted: lengths
+    /// are bounded here, KVM validates register contents and refuses what it cannot
+    /// load. Order as KVM needs it: TSC frequency and CPUID first, LAPIC before the
+    /// MSRs (TSC-deadline needs the LAPIC timer mode), events last.
     pub fn restore_state(&self, state: &VcpuState) -> Result<(), VcpuError> {
         let io = |what| move |e| VcpuError::Ioctl(what, e);
-        if state.msrs.len() > boot_msr_entries().len() {
+        if state.msrs.len() > MAX_SAVED_MSRS {
             return Err(VcpuError::BadState("too many MSRs"));
         }
+        if state.cpuid.is_empty() || state.cpuid.len() > MAX_SAVED_CPUID {
+            return Err(VcpuError::BadState("CPUID entry count"));
+        }
+        if let Some(khz) = state.tsc_khz {
+            if let Ok(now) = self.fd.get_tsc_khz() {
+                if now != khz {
+                    self.fd.set_tsc_khz(khz).map_err(io(
+                        "set the saved TSC frequency (host TSC scaling missing?)",
+                    ))?;
+                }
+            }
+        }
+        let cpuid =
+            CpuId::from_entries(&state.cpuid).map_err(|_| VcpuError::BadState("CPUID list"))?;
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(io("restore the vCPU's CPUID"))?;
         self.fd
             .set_mp_state(state.mp_state)
             .map_err(io("restore the MP state"))?;
@@ -410,14 +451,17 @@ impl Vcpu {
                 .set_xcrs(&state.xcrs)
                 .map_err(io("restore the XCRs"))?;
         }
+        self.fd
+            .set_debug_regs(&state.debugregs)
+            .map_err(io("restore the debug registers"))?;
+        self.fd
+            .set_lapic(&state.lapic)
+            .map_err(io("restore the LAPIC"))?;
         let msrs = Msrs::from_entries(&state.msrs).map_err(|_| VcpuError::BadState("MSR list"))?;
         let n = self.fd.set_msrs(&msrs).map_err(io("restore MSRs"))?;
         if n != state.msrs.len() {
             return Err(VcpuError::BadState("an MSR KVM refused"));
         }
-        self.fd
-            .set_lapic(&state.lapic)
-            .map_err(io("restore the LAPIC"))?;
         self.fd
             .set_vcpu_events(&state.events)
             .map_err(io("restore vCPU events"))?;
@@ -445,12 +489,46 @@ impl Vcpu {
         Ok(words)
     }
 
-    /// Save the architectural state (call while paused).
+    /// Read every saveable MSR, in chunks; an MSR KVM lists but cannot read here
+    /// (e.g. a feature the CPUID hides) is skipped.
+    fn read_msrs(&self) -> Result<Vec<kvm_msr_entry>, VcpuError> {
+        let indices: Vec<u32> = if self.saveable_msrs.is_empty() {
+            boot_msr_entries().iter().map(|e| e.index).collect()
+        } else {
+            self.saveable_msrs.clone()
+        };
+        let mut out = Vec::with_capacity(indices.len());
+        let mut rest = &indices[..];
+        while !rest.is_empty() {
+            let chunk = &rest[..rest.len().min(MSR_CHUNK)];
+            let entries: Vec<kvm_msr_entry> = chunk
+                .iter()
+                .map(|&index| kvm_msr_entry {
+                    index,
+                    ..Default::default()
+                })
+                .collect();
+            let mut msrs =
+                Msrs::from_entries(&entries).map_err(|_| VcpuError::BadState("MSR list"))?;
+            let n = self
+                .fd
+                .get_msrs(&mut msrs)
+                .map_err(|e| VcpuError::Ioctl("read MSRs", e))?;
+            out.extend(msrs.as_slice().iter().take(n).copied());
+            // KVM stops at the first MSR it cannot read: skip that one.
+            rest = &rest[(n + 1).min(rest.len())..];
+        }
+        Ok(out)
+    }
+
+    /// Save the architectural state (call while paused, after pending I/O was
+    /// completed: see the `Pause` handling in the run loop).
     pub fn save_state(&self) -> Result<VcpuState, VcpuError> {
         let io = |what| move |e| VcpuError::Ioctl(what, e);
-        let mut msrs = Msrs::from_entries(&boot_msr_entries())
-            .map_err(|_| VcpuError::NoResponse(self.index, "MSR list"))?;
-        let n = self.fd.get_msrs(&mut msrs).map_err(io("read MSRs"))?;
+        let cpuid = self
+            .fd
+            .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(io("read the vCPU's CPUID"))?;
         Ok(VcpuState {
             regs: self.fd.get_regs().map_err(io("read registers"))?,
             sregs: self.fd.get_sregs().map_err(io("read special registers"))?,
@@ -458,9 +536,15 @@ impl Vcpu {
             lapic: self.fd.get_lapic().map_err(io("read the LAPIC"))?,
             events: self.fd.get_vcpu_events().map_err(io("read vCPU events"))?,
             mp_state: self.fd.get_mp_state().map_err(io("read the MP state"))?,
-            msrs: msrs.as_slice().iter().take(n).copied().collect(),
+            msrs: self.read_msrs()?,
+            cpuid: cpuid.as_slice().to_vec(),
             xsave: self.save_xsave()?,
             xcrs: self.fd.get_xcrs().map_err(io("read the XCRs"))?,
+            debugregs: self
+                .fd
+                .get_debug_regs()
+                .map_err(io("read debug registers"))?,
+            tsc_khz: self.fd.get_tsc_khz().ok(),
         })
     }
 
@@ -526,6 +610,7 @@ impl Vcpu {
             self.fd.set_kvm_immediate_exit(0);
             match rx.try_recv() {
                 Ok(VcpuCommand::Pause) => {
+                    self.quiesce();
                     let _ = tx.send(VcpuResponse::Paused);
                     return VcpuRunState::Paused;
                 }
@@ -565,6 +650,29 @@ impl Vcpu {
                     return VcpuRunState::Exited;
                 }
                 ExitAction::Continue => {}
+            }
+        }
+    }
+}
+
+impl Vcpu {
+    /// Make the paused vCPU safe to save. The last exit may have been port I/O or MMIO
+    /// whose result KVM writes into the registers only on the next `KVM_RUN`: re-enter
+    /// once with `immediate_exit` set (KVM completes the operation and returns `EINTR`
+    /// without running guest code), as the KVM API documentation requires before
+    /// saving state. Then tell the guest's kvmclock it was paused (`KVMCLOCK_CTRL`;
+    /// `EINVAL` when the guest does not use kvmclock, which is fine).
+    fn quiesce(&mut self) {
+        self.fd.set_kvm_immediate_exit(1);
+        match self.fd.run() {
+            Err(e) if e.errno() == libc::EINTR => {}
+            Ok(exit) => log::warn!("vCPU {} exited with {exit:?} while pausing", self.index),
+            Err(e) => log::warn!("vCPU {} could not complete pending I/O: {e}", self.index),
+        }
+        self.fd.set_kvm_immediate_exit(0);
+        if let Err(e) = self.fd.kvmclock_ctrl() {
+            if e.errno() != libc::EINVAL {
+                log::debug!("KVMCLOCK_CTRL on vCPU {}: {e}", self.index);
             }
         }
     }

@@ -335,3 +335,41 @@ fn openapi_file_lists_exactly_the_served_routes() {
         }
     }
 }
+
+#[test]
+fn snapshot_routes_take_firecracker_bodies() {
+    use crate::snapshot::params::{MemBackendType, SnapshotType};
+    match ok(
+        "PUT",
+        "/snapshot/create",
+        r#"{"snapshot_type":"Full","snapshot_path":"/s","mem_file_path":"/m"}"#,
+    ) {
+        VmmAction::CreateSnapshot(p) => {
+            assert_eq!(p.snapshot_type, SnapshotType::Full);
+            assert_eq!(p.mem_file_path, std::path::PathBuf::from("/m"));
+        }
+        other => panic!("{other:?}"),
+    }
+    match ok(
+        "PUT",
+        "/snapshot/load",
+        r#"{"snapshot_path":"/s","mem_backend":{"backend_type":"File","backend_path":"/m"},"resume_vm":true,"vsock_override":{"uds_path":"/v"}}"#,
+    ) {
+        VmmAction::LoadSnapshot(p) => {
+            assert!(p.resume_vm);
+            assert_eq!(p.mem_backend.unwrap().backend_type, MemBackendType::File);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(bad("PUT", "/snapshot/create", r#"{"snapshot_path":"/s"}"#).contains("mem_file_path"));
+    assert!(bad(
+        "PUT",
+        "/snapshot/load",
+        r#"{"snapshot_path":"/s","mem_file_path":"/m","bogus":1}"#
+    )
+    .contains("bogus"));
+    assert!(VmmAction::LoadSnapshot(
+        serde_json::from_str(r#"{"snapshot_path":"/s","mem_file_path":"/m"}"#).unwrap()
+    )
+    .is_pre_boot_only());
+}

@@ -3,6 +3,7 @@
 
 pub mod i8042;
 pub mod marker;
+pub mod persist;
 pub mod serial;
 
 pub use i8042::{I8042, I8042_PORTS};

@@ -128,6 +128,16 @@ impl SerialDevice {
     pub fn irq_evt(&self) -> &EventFd {
         &self.serial.interrupt_evt().0
     }
+
+    /// The vm-superio UART (for saving its state).
+    pub(super) fn serial(&self) -> &Serial<EventFdTrigger, NoEvents, ConsoleSink> {
+        &self.serial
+    }
+
+    /// Wrap a restored vm-superio UART.
+    pub(super) fn from_serial(serial: Serial<EventFdTrigger, NoEvents, ConsoleSink>) -> Self {
+        Self { serial }
+    }
 }
 
 static SERIAL_ERRORS: RateLimit = RateLimit::new(5, 10_000);

@@ -41,6 +41,11 @@ pub struct Vsock<B: VsockBackend = VsockUnixBackend> {
     queues: Vec<Queue>,
     rx_buf: Vec<u8>,
     pub(super) backend_reset_pending: bool,
+    /// After a restore's transport reset: hold rx packets (new host connections) until
+    /// the guest has handled the reset event, which it acknowledges by refilling and
+    /// notifying the event queue. Otherwise a connection made right after the restore
+    /// could be established first and then torn down by the late reset.
+    pub(super) rx_held_for_reset: bool,
 }
 
 impl Vsock<VsockUnixBackend> {
@@ -77,6 +82,7 @@ impl<B: VsockBackend> Vsock<B> {
             queues: Vec::new(),
             rx_buf: vec![0u8; MAX_PKT_DATA],
             backend_reset_pending: false,
+            rx_held_for_reset: false,
         })
     }
 
@@ -128,6 +134,9 @@ impl<B: VsockBackend> Vsock<B> {
     /// Move packets from the backend into the guest's rx buffers. Returns whether any
     /// buffer was used.
     pub fn process_rx(&mut self) -> bool {
+        if self.rx_held_for_reset {
+            return false;
+        }
         let (Some(mem), Some(queue)) = (self.mem.as_ref(), self.queues.get_mut(RXQ)) else {
             return false;
         };
@@ -193,6 +202,7 @@ impl<B: VsockBackend> Vsock<B> {
         if let Err(e) = queue.add_used(mem, bufs.head, len) {
             warn_limited!("vsock: cannot return an event buffer: {e}");
         }
+        self.rx_held_for_reset = true;
         self.signal_used()
     }
 

@@ -241,3 +241,57 @@ fn reset_is_deferred_to_the_event_loop_and_activation_wakes_it() {
         Err(VsockError::NotActivated)
     ));
 }
+
+#[test]
+fn rx_is_held_after_a_transport_reset_until_the_guest_refills_the_event_queue() {
+    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+    let m = mem();
+    let vqs: Vec<_> = (0..3u64)
+        .map(|q| MockSplitQueue::create(&m, GuestAddress(q * 0x1000), 16))
+        .collect();
+    vqs[EVQ]
+        .add_desc_chains(&[desc(0xa000, 4, F_WRITE, 0)], 0)
+        .unwrap();
+    vqs[RXQ]
+        .add_desc_chains(&[desc(0x8000, 256, F_WRITE, 0)], 0)
+        .unwrap();
+    let dev = Arc::new(Mutex::new(
+        Vsock::with_backend(3, Scripted::default()).unwrap(),
+    ));
+    let mut mgr: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+        EventManager::new().unwrap();
+    mgr.add_subscriber(dev.clone());
+    {
+        let mut d = dev.lock().unwrap();
+        d.activate(
+            m.clone(),
+            vqs.iter().map(|v| v.create_queue().unwrap()).collect(),
+        )
+        .unwrap();
+        d.send_transport_reset().unwrap();
+        let mut h = guest_hdr(0);
+        h.src_cid = 2;
+        h.dst_cid = 3;
+        h.op = op::REQUEST;
+        d.backend_mut().to_guest.push_back((h, vec![]));
+        // A new host connection right after the reset waits.
+        assert!(!d.process_rx());
+        assert_eq!(d.backend().to_guest.len(), 1);
+    }
+    assert_eq!(used_lens(&vqs[EVQ]), vec![(0, 4)]);
+    let mut ev = [0u8; 4];
+    m.read_slice(&mut ev, GuestAddress(0xa000)).unwrap();
+    assert_eq!(
+        u32::from_le_bytes(ev),
+        0,
+        "VIRTIO_VSOCK_EVENT_TRANSPORT_RESET"
+    );
+    // Activation queued a tx wake-up: the event loop handles it, rx still held.
+    let _ = mgr.run_with_timeout(50).unwrap();
+    assert_eq!(dev.lock().unwrap().backend().to_guest.len(), 1);
+    // The guest handled the event and notified the event queue: rx flows.
+    dev.lock().unwrap().queue_events[EVQ].write(1).unwrap();
+    assert_eq!(mgr.run_with_timeout(100).unwrap(), 1);
+    assert!(dev.lock().unwrap().backend().to_guest.is_empty());
+    assert_eq!(used_lens(&vqs[RXQ]).len(), 1);
+}

@@ -56,6 +56,11 @@ impl<B: VsockBackend> MutEventSubscriber for Vsock<B> {
                 if let Some(evt) = self.queue_events.get(data) {
                     let _ = evt.read();
                 }
+                if data == EVQ {
+                    // The guest handled the transport reset and refilled the event
+                    // queue: connections made from now on are not torn down by it.
+                    self.rx_held_for_reset = false;
+                }
             }
             _ => self.backend.handle_event(events.fd(), events.event_set()),
         }

@@ -1,0 +1,459 @@
+//! Snapshot e2e test: boot the `fn-counter` worker (reuse on) with the API socket, warm
+//! it with three invocations, snapshot it through the API (`husk snapshot create
+//! --api-sock`), then restore clones, each in a fresh `husk snapshot restore` process
+//! with its own vsock socket, all running at once: each answers its first invocation
+//! with the counter value from before the snapshot plus one. `kill -9` of the VMM in
+//! the middle of a create leaves no state file; a bit-flipped and a truncated state file
+//! are refused cleanly. Also: clones draw different random bytes (a 2-vCPU guest,
+//! snapshotted with a vsock connection open), and `husk snapshot create --at-ready`. Prints (benchmark, not asserted):
+//! boot → first result vs restore → first result, medians, and the snapshot sizes.
+//!
+//! Needs a hardware-virt KVM host (run it through `husk-testhost`), `HUSK_KERNEL` and the
+//! static binaries (`scripts/build.sh`); fails, never skips.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use husk_agent::client::{AgentClient, ClientConfig};
+use husk_agent::config::Mode;
+use husk_agent::pack::{pack, PackSpec};
+use husk_agent::protocol::{Invoke, InvokeResult, Status};
+use husk_tests::e2e::{self, ScratchDir, Spawned};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+const CLONES: usize = 5;
+const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=0 pci=off nomodule \
+     i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet husk.reuse=1";
+
+fn husk() -> PathBuf {
+    e2e::bin("husk").unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn pack_worker(dir: &Path, function: &str) -> PathBuf {
+    let spec = PackSpec {
+        agent: e2e::bin("husk-agent").unwrap_or_else(|e| panic!("{e}")),
+        function: e2e::bin(function).unwrap_or_else(|e| panic!("{e}")),
+        mode: Mode::Worker,
+        args: vec![],
+        env: BTreeMap::new(),
+        files: vec![],
+        deadline_ms: None,
+        output_cap: None,
+        gzip: false,
+    };
+    let initrd = dir.join("initramfs.cpio");
+    std::fs::write(&initrd, pack(&spec).unwrap()).unwrap();
+    initrd
+}
+
+fn boot(dir: &Path, initrd: &Path, uds: &Path, api: &Path) -> Spawned {
+    boot_vcpus(dir, initrd, uds, api, 1)
+}
+
+fn boot_vcpus(dir: &Path, initrd: &Path, uds: &Path, api: &Path, vcpus: u8) -> Spawned {
+    let mut cmd = Command::new(husk());
+    cmd.arg("run")
+        .args(["--vcpus", &vcpus.to_string()])
+        .arg("--kernel")
+        .arg(e2e::kernel().unwrap_or_else(|e| panic!("{e}")))
+        .arg("--initrd")
+        .arg(initrd)
+        .args(["--mem-mib", "128", "--vsock-cid", "3", "--vsock-uds"])
+        .arg(uds)
+        .arg("--api-sock")
+        .arg(api)
+        .args(["--entropy", "--boot-timer", "--console"])
+        .arg(dir.join("console.log"))
+        .arg("--cmdline")
+        .arg(BASE_CMDLINE);
+    Spawned::spawn(cmd).unwrap()
+}
+
+fn invoke(uds: &Path, vm: &mut Spawned, wait: Duration) -> InvokeResult {
+    let mut cfg = ClientConfig::new(uds);
+    cfg.connect_timeout = Duration::from_secs(10);
+    let mut c = AgentClient::connect_with_retry(&cfg, wait).unwrap_or_else(|e| {
+        panic!(
+            "cannot reach the agent: {e}\n--- transcript ---\n{}",
+            vm.transcript()
+        )
+    });
+    c.invoke(
+        Invoke {
+            id: 1,
+            deadline_ms: 10_000,
+            payload: b"tick".to_vec(),
+        },
+        STEP_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("invocation failed: {e}\n{}", vm.transcript()))
+}
+
+fn snapshot_via_api(api: &Path, state: &Path, mem: &Path) -> e2e::Finished {
+    e2e::run_with_timeout(
+        Command::new(husk())
+            .args(["snapshot", "create", "--api-sock"])
+            .arg(api)
+            .arg("--snapshot-path")
+            .arg(state)
+            .arg("--mem-file-path")
+            .arg(mem),
+        STEP_TIMEOUT,
+    )
+    .unwrap()
+}
+
+fn restore(dir: &Path, state: &Path, mem: &Path, uds: &Path, id: &str) -> Spawned {
+    let mut cmd = Command::new(husk());
+    cmd.args(["snapshot", "restore", "--boot-timer", "--snapshot-path"])
+        .arg(state)
+        .arg("--mem-file-path")
+        .arg(mem)
+        .arg("--vsock-uds")
+        .arg(uds)
+        .args(["--sandbox-id", id, "--console"])
+        .arg(dir.join(format!("console-{id}.log")));
+    Spawned::spawn(cmd).unwrap()
+}
+
+#[test]
+fn warmed_counter_snapshot_restores_into_coexisting_clones() {
+    e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
+    let dir = ScratchDir::new("snapshot").unwrap();
+    let d = dir.path();
+    let initrd = pack_worker(d, "fn-counter");
+    let (uds, api) = (d.join("vsock.sock"), d.join("api.sock"));
+    let state = d.join("counter.state");
+    let mem = d.join("counter.mem");
+
+    // Boot and warm: three ticks. Boot → first result is the baseline figure.
+    let started = Instant::now();
+    let mut vm = boot(d, &initrd, &uds, &api);
+    let r = invoke(&uds, &mut vm, BOOT_TIMEOUT);
+    let boot_to_first = started.elapsed();
+    assert_eq!((r.status, r.body.clone()), (Status::Ok, b"1".to_vec()));
+    for n in 2..=3 {
+        let r = invoke(&uds, &mut vm, STEP_TIMEOUT);
+        assert_eq!((r.status, r.body), (Status::Ok, n.to_string().into_bytes()));
+    }
+
+    // Snapshot through the API socket: pause, create.
+    let t = Instant::now();
+    let out = e2e::run_with_timeout(
+        Command::new(husk())
+            .args(["snapshot", "create", "--api-sock"])
+            .arg(&api)
+            .arg("--snapshot-path")
+            .arg(&state)
+            .arg("--mem-file-path")
+            .arg(&mem),
+        STEP_TIMEOUT,
+    )
+    .unwrap();
+    let create_took = t.elapsed();
+    assert!(
+        out.status.success(),
+        "snapshot create failed: {}\n{}",
+        out.stderr_str(),
+        vm.transcript()
+    );
+    // kill -9 of the VMM in the middle of a second create leaves nothing that loads.
+    let (kstate, kmem) = (d.join("killed.state"), d.join("killed.mem"));
+    let tmp = d.join(format!("killed.mem.tmp-{}", vm.pid()));
+    let mut create = Command::new(husk())
+        .args(["snapshot", "create", "--api-sock"])
+        .arg(&api)
+        .arg("--snapshot-path")
+        .arg(&kstate)
+        .arg("--mem-file-path")
+        .arg(&kmem)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !tmp.exists() && t.elapsed() < STEP_TIMEOUT {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(tmp.exists(), "the memory file was never being written");
+    vm.kill(); // SIGKILL to the VMM's process group, mid-create
+    let _ = create.wait();
+    assert!(
+        !kstate.exists(),
+        "a state file appeared although create was killed"
+    );
+    let out = e2e::run_with_timeout(
+        Command::new(husk())
+            .args(["snapshot", "restore", "--snapshot-path"])
+            .arg(&kstate)
+            .arg("--mem-file-path")
+            .arg(&kmem),
+        STEP_TIMEOUT,
+    )
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr_str());
+    assert!(
+        out.stderr_str()
+            .contains("cannot open the snapshot state file"),
+        "{}",
+        out.stderr_str()
+    );
+    let (state_md, mem_md) = (
+        std::fs::metadata(&state).unwrap(),
+        std::fs::metadata(&mem).unwrap(),
+    );
+    assert_eq!(mem_md.len(), 128 << 20, "memory file holds all guest RAM");
+    assert!(
+        mem_md.blocks() * 512 < mem_md.len(),
+        "memory file is sparse"
+    );
+
+    // Baseline: two more boots of the same function, boot -> first result.
+    let mut boots = vec![boot_to_first];
+    for b in 0..2 {
+        let (buds, bapi) = (d.join(format!("b{b}.sock")), d.join(format!("b{b}.api")));
+        let t = Instant::now();
+        let mut v = boot(d, &initrd, &buds, &bapi);
+        let r = invoke(&buds, &mut v, BOOT_TIMEOUT);
+        boots.push(t.elapsed());
+        assert_eq!(r.body, b"1".to_vec());
+        v.kill();
+    }
+
+    // Clones, each in a fresh process with its own vsock socket, all alive at once.
+    let mut clones = Vec::new();
+    let mut restore_to_first = Vec::new();
+    let mut phases = Vec::new();
+    for i in 0..CLONES {
+        let cuds = d.join(format!("clone{i}.sock"));
+        let t = Instant::now();
+        let mut c = restore(d, &state, &mem, &cuds, &format!("clone{i}"));
+        let loaded = c
+            .wait_for_line("snapshot loaded in", BOOT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("clone {i}: {e}"));
+        let restored = c
+            .wait_for_line("agent restored (generation", BOOT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("clone {i}: {e}"));
+        let r = invoke(&cuds, &mut c, STEP_TIMEOUT);
+        restore_to_first.push(t.elapsed());
+        phases.push(format!(
+            "[{}] [{}] result at {} ms",
+            loaded.text,
+            restored.text,
+            t.elapsed().as_millis()
+        ));
+        assert_eq!(
+            (r.status, r.body),
+            (Status::Ok, b"4".to_vec()),
+            "clone {i} continues from the warmed counter (3)"
+        );
+        clones.push((c, cuds));
+    }
+    // Every clone is still alive and independent: a second tick gives 5 in each.
+    for (c, cuds) in &mut clones {
+        let r = invoke(cuds, c, STEP_TIMEOUT);
+        assert_eq!((r.status, r.body), (Status::Ok, b"5".to_vec()));
+    }
+    for (mut c, _) in clones {
+        c.kill();
+    }
+
+    // Corrupted state files are refused with a clear error, no VM started.
+    let good = std::fs::read(&state).unwrap();
+    let bad = d.join("bad.state");
+    let mut flipped = good.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x01;
+    for (what, bytes, needle) in [
+        ("bit flip", flipped, "corrupt"),
+        ("truncated", good[..good.len() / 3].to_vec(), "truncated"),
+    ] {
+        std::fs::write(&bad, bytes).unwrap();
+        let out = e2e::run_with_timeout(
+            Command::new(husk())
+                .args(["snapshot", "restore", "--snapshot-path"])
+                .arg(&bad)
+                .arg("--mem-file-path")
+                .arg(&mem),
+            STEP_TIMEOUT,
+        )
+        .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", out.stderr_str());
+        assert!(
+            out.stderr_str().contains(needle),
+            "{what}: {}",
+            out.stderr_str()
+        );
+    }
+
+    for p in &phases {
+        println!("clone phases: {p}");
+    }
+    println!(
+        "snapshot benchmark: boot -> first result median {:.0} ms over 3 boots (min {:.0}, max {:.0}); restore -> first result median {:.0} ms over {CLONES} clones (min {:.0}, max {:.0}); create {:.0} ms; state {} bytes; memory {} MiB apparent, {} KiB allocated",
+        e2e::median(&boots).as_secs_f64() * 1e3,
+        boots.iter().min().unwrap().as_secs_f64() * 1e3,
+        boots.iter().max().unwrap().as_secs_f64() * 1e3,
+        e2e::median(&restore_to_first).as_secs_f64() * 1e3,
+        restore_to_first.iter().min().unwrap().as_secs_f64() * 1e3,
+        restore_to_first.iter().max().unwrap().as_secs_f64() * 1e3,
+        create_took.as_secs_f64() * 1e3,
+        state_md.len(),
+        mem_md.len() >> 20,
+        mem_md.blocks() * 512 / 1024,
+    );
+}
+
+/// Also: the snapshot is of a 2-vCPU guest, and taken while a vsock connection to the
+/// agent is open (the clones drop it on the transport reset and serve new ones).
+#[test]
+fn clones_of_one_snapshot_draw_different_random_bytes() {
+    e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
+    let dir = ScratchDir::new("snapshot-rand").unwrap();
+    let d = dir.path();
+    let initrd = pack_worker(d, "fn-random");
+    let (uds, api) = (d.join("vsock.sock"), d.join("api.sock"));
+    let (state, mem) = (d.join("rand.state"), d.join("rand.mem"));
+    let mut vm = boot_vcpus(d, &initrd, &uds, &api, 2);
+    // Warm: the worker has drawn random bytes before the snapshot.
+    let before = invoke(&uds, &mut vm, BOOT_TIMEOUT);
+    assert_eq!(before.status, Status::Ok);
+    let open = AgentClient::connect(&ClientConfig::new(&uds)).unwrap();
+    let out = snapshot_via_api(&api, &state, &mem);
+    assert!(out.status.success(), "{}", out.stderr_str());
+    drop(open);
+    vm.kill();
+    let mut seen = vec![before.body];
+    for i in 0..3 {
+        let cuds = d.join(format!("r{i}.sock"));
+        let mut c = restore(d, &state, &mem, &cuds, &format!("r{i}"));
+        c.wait_for_line("agent restored (generation", BOOT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("clone {i}: {e}"));
+        let r = invoke(&cuds, &mut c, STEP_TIMEOUT);
+        assert_eq!(r.status, Status::Ok);
+        assert_eq!(r.body.len(), 64, "32 bytes in hex");
+        assert!(!seen.contains(&r.body), "clone {i} repeated random bytes");
+        seen.push(r.body);
+        c.kill();
+    }
+}
+
+/// The guest boots with `husk.await_restore=1`: a clone restored without husk's
+/// handshake refuses invocations until the host sends `Restored`.
+/// Also prints (benchmark): restore -> first result for a 128 MiB and a 1 GiB guest,
+/// which should be about the same (the memory file is mapped, not read).
+#[test]
+fn snapshot_at_ready_then_restore_serves_from_the_ready_state() {
+    e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
+    let dir = ScratchDir::new("snapshot-ready").unwrap();
+    let d = dir.path();
+    let initrd = pack_worker(d, "fn-counter");
+    let mut figures = Vec::new();
+    for mib in [128u64, 1024] {
+        let (state, mem) = (
+            d.join(format!("r{mib}.state")),
+            d.join(format!("r{mib}.mem")),
+        );
+        // Boot, wait for the agent's ready marker, snapshot, exit 0: one command.
+        let t = Instant::now();
+        let out = e2e::run_with_timeout(
+            Command::new(husk())
+                .args(["snapshot", "create", "--at-ready", "--snapshot-path"])
+                .arg(&state)
+                .arg("--mem-file-path")
+                .arg(&mem)
+                .args(["--", "--kernel"])
+                .arg(e2e::kernel().unwrap_or_else(|e| panic!("{e}")))
+                .arg("--initrd")
+                .arg(&initrd)
+                .args([
+                    "--mem-mib",
+                    &mib.to_string(),
+                    "--vsock-cid",
+                    "3",
+                    "--vsock-uds",
+                ])
+                .arg(d.join("boot.sock"))
+                .args(["--entropy", "--console", "null", "--cmdline"])
+                .arg(format!("{BASE_CMDLINE} husk.await_restore=1")),
+            BOOT_TIMEOUT,
+        )
+        .unwrap();
+        let boot_and_create = t.elapsed();
+        assert_eq!(out.status.code(), Some(0), "{}", out.stderr_str());
+        assert_eq!(std::fs::metadata(&mem).unwrap().len(), mib << 20);
+        let mut times = Vec::new();
+        for i in 0..3 {
+            let cuds = d.join(format!("c{mib}-{i}.sock"));
+            let t = Instant::now();
+            let mut c = restore(d, &state, &mem, &cuds, &format!("ready{mib}-{i}"));
+            c.wait_for_line("agent restored (generation", BOOT_TIMEOUT)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let r = invoke(&cuds, &mut c, STEP_TIMEOUT);
+            times.push(t.elapsed());
+            assert_eq!((r.status, r.body), (Status::Ok, b"1".to_vec()));
+            c.kill();
+        }
+        if mib == 128 {
+            // Without the handshake: refused until Restored, then served.
+            let cuds = d.join("gate.sock");
+            let mut cmd = Command::new(husk());
+            cmd.args(["snapshot", "restore", "--skip-handshake", "--snapshot-path"])
+                .arg(&state)
+                .arg("--mem-file-path")
+                .arg(&mem)
+                .arg("--vsock-uds")
+                .arg(&cuds);
+            let mut c = Spawned::spawn(cmd).unwrap();
+            let mut cfg = ClientConfig::new(&cuds);
+            cfg.connect_timeout = Duration::from_secs(10);
+            let mut client = AgentClient::connect_with_retry(&cfg, BOOT_TIMEOUT)
+                .unwrap_or_else(|e| panic!("{e}\n{}", c.transcript()));
+            let tick = Invoke {
+                id: 1,
+                deadline_ms: 10_000,
+                payload: b"tick".to_vec(),
+            };
+            match client.invoke(tick.clone(), STEP_TIMEOUT) {
+                Err(husk_agent::client::ClientError::Agent(e)) => {
+                    assert_eq!(
+                        e.code,
+                        husk_agent::protocol::ErrorCode::AwaitingRestore as u16
+                    )
+                }
+                other => panic!("invocation before Restored was not refused: {other:?}"),
+            }
+            let hello = client
+                .restored(
+                    husk_agent::protocol::Restored {
+                        entropy_seed: vec![7; 32],
+                        wall_clock_ns: 1_800_000_000_000_000_000,
+                        new_sandbox_id: "gate".into(),
+                    },
+                    STEP_TIMEOUT,
+                )
+                .unwrap();
+            assert_eq!(hello.restore_generation, 1);
+            let r = invoke(&cuds, &mut c, STEP_TIMEOUT);
+            assert_eq!((r.status, r.body), (Status::Ok, b"1".to_vec()));
+            c.kill();
+        }
+        figures.push(format!(
+            "{mib} MiB: boot+snapshot at ready {:.0} ms, restore -> first result median {:.0} ms of 3 (min {:.0}, max {:.0}), memory file {} KiB allocated",
+            boot_and_create.as_secs_f64() * 1e3,
+            e2e::median(&times).as_secs_f64() * 1e3,
+            times.iter().min().unwrap().as_secs_f64() * 1e3,
+            times.iter().max().unwrap().as_secs_f64() * 1e3,
+            std::fs::metadata(&mem).unwrap().blocks() / 2,
+        ));
+        let _ = std::fs::remove_file(&mem);
+    }
+    for f in figures {
+        println!("snapshot size benchmark: {f}");
+    }
+}

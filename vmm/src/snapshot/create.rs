@@ -1,0 +1,133 @@
+//! Taking a snapshot of a paused microVM.
+
+use std::path::Path;
+use std::time::Instant;
+
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+
+use super::format::{self, FormatError};
+use super::memory::{self, MemoryFileError, MemoryFileReport};
+use super::{
+    CpuInfo, DevicesState, MachineState, MicrovmState, Persist, VirtioBackendState,
+    VirtioDeviceState,
+};
+use crate::device_manager::{LegacyHandle, VirtioHandle};
+use crate::vmm::Vmm;
+
+/// Errors taking a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// A vCPU state could not be read.
+    #[error("cannot save the vCPU state")]
+    Vcpu(#[from] crate::vmm::VmmError),
+    /// The VM state could not be read.
+    #[error("cannot save the VM state")]
+    Vm(#[from] crate::vstate::vm::VmError),
+    /// A device state could not be read.
+    #[error("cannot save the state of device {0}: {1}")]
+    Device(String, String),
+    /// The VM has no serial console (cannot happen for a built VM).
+    #[error("the VM has no serial console to save")]
+    NoSerial,
+    /// Writing the state file failed.
+    #[error("cannot write the snapshot state file")]
+    State(#[from] FormatError),
+    /// Writing the memory file failed.
+    #[error("cannot write the snapshot memory file")]
+    Memory(#[from] MemoryFileError),
+}
+
+/// What a snapshot took.
+#[derive(Debug, Clone, Copy)]
+pub struct CreateReport {
+    /// State file size in bytes.
+    pub state_bytes: u64,
+    /// Memory file sizes.
+    pub memory: MemoryFileReport,
+    /// Wall time of the whole create, in microseconds.
+    pub took_us: u64,
+}
+
+fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Collect the whole microVM's state. The vCPUs must be paused (the controller
+/// checks); this runs on the VMM thread, so no device work runs concurrently.
+pub fn save_state(vmm: &Vmm) -> Result<MicrovmState, CreateError> {
+    let vcpus = vmm.save_vcpu_states()?;
+    let vm = Persist::save(vmm.vm())?;
+    let mut serial = None;
+    for d in vmm.devices().pio_devices() {
+        if let LegacyHandle::Serial(s) = &d.handle {
+            serial = Some(lock(s).save());
+        }
+    }
+    let mut virtio = Vec::new();
+    for d in vmm.devices().mmio_devices() {
+        let transport = lock(&d.transport)
+            .save()
+            .map_err(|e| CreateError::Device(d.id.clone(), e.to_string()))?;
+        let backend = match &d.device {
+            VirtioHandle::Vsock(v) => VirtioBackendState::Vsock(lock(v).save()),
+            VirtioHandle::Entropy(v) => VirtioBackendState::Entropy(lock(v).save()),
+            VirtioHandle::Block(_) => {
+                return Err(CreateError::Device(
+                    d.id.clone(),
+                    "snapshots of microVMs with drives are not supported yet: boot the function from an initramfs to snapshot it".into(),
+                ))
+            }
+            #[cfg(test)]
+            VirtioHandle::Other(_) => {
+                return Err(CreateError::Device(d.id.clone(), "not saveable".into()))
+            }
+        };
+        virtio.push(VirtioDeviceState {
+            id: d.id.clone(),
+            transport,
+            backend,
+        });
+    }
+    let mem = vmm.guest_memory();
+    let total: u64 = mem.iter().map(|r| r.len()).sum();
+    Ok(MicrovmState {
+        cpu: CpuInfo::from_cpuid(vcpus.first().map(|v| &v.cpuid[..]).unwrap_or(&[])),
+        machine: MachineState {
+            vcpus: vcpus.len() as u8,
+            mem_mib: total >> 20,
+        },
+        memory: memory::layout(mem),
+        vm,
+        vcpus,
+        devices: DevicesState {
+            serial: serial.ok_or(CreateError::NoSerial)?,
+            virtio,
+        },
+    })
+}
+
+/// Save a paused microVM: the state file at `state_path`, guest RAM at `mem_path`
+/// (memory first: a state file only ever exists next to a complete memory file).
+pub fn create_snapshot(
+    vmm: &Vmm,
+    state_path: &Path,
+    mem_path: &Path,
+) -> Result<CreateReport, CreateError> {
+    let start = Instant::now();
+    let state = save_state(vmm)?;
+    let memory = memory::save(vmm.guest_memory(), mem_path)?;
+    let state_bytes = format::write_file(state_path, &state)?;
+    let report = CreateReport {
+        state_bytes,
+        memory,
+        took_us: start.elapsed().as_micros() as u64,
+    };
+    log::info!(
+        "snapshot created in {} ms: state {} bytes, memory {} MiB apparent, {} KiB allocated",
+        report.took_us / 1000,
+        report.state_bytes,
+        report.memory.apparent >> 20,
+        report.memory.allocated >> 10
+    );
+    Ok(report)
+}

@@ -1,0 +1,444 @@
+//! Building a fresh microVM from a snapshot: the one restore path (the API's
+//! `PUT /snapshot/load` and `husk snapshot restore` both end here). Returns a
+//! **paused** [`Vmm`], like the boot builder.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::format::{self, FormatError};
+use super::memory::{self, GuestMemoryState, MemoryFileError};
+use super::{CpuInfo, MicrovmState, Persist, VirtioBackendState};
+use crate::arch::x86_64::arch_memory_regions;
+use crate::arch::x86_64::layout::{self, SERIAL_IRQ, SERIAL_PORT_BASE};
+use crate::builder::{console_sink, host_memory_mib, BuildError, ConsoleConfig, MAX_VCPUS};
+use crate::device_manager::{DeviceManager, LegacyHandle, VirtioHandle};
+use crate::devices::legacy::{BootMarker, SerialDevice, I8042, I8042_PORTS};
+use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::rng::Entropy;
+use crate::devices::virtio::vsock::Vsock;
+use crate::devices::virtio::VirtioDevice;
+use crate::stop::StopSignal;
+use crate::vmm::Vmm;
+use crate::vstate::memory::register_guest_memory;
+use crate::vstate::vcpu::Vcpu;
+use crate::vstate::vm::{open_kvm, Vm};
+use crate::EventManager;
+
+/// Most virtio devices a state may describe.
+const MAX_VIRTIO_DEVICES: usize = 19;
+
+/// Errors restoring a snapshot. Each says which check refused the snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The state file is unreadable, corrupt or of another version.
+    #[error("cannot load the snapshot state file")]
+    State(#[from] FormatError),
+    /// The memory file does not fit the state.
+    #[error(transparent)]
+    Memory(#[from] MemoryFileError),
+    /// Another CPU vendor or family.
+    #[error("the snapshot was taken on a {saved_vendor} family {saved_family} CPU, this host has {host_vendor} family {host_family}: restore it on the same kind of CPU")]
+    Cpu {
+        /// Snapshot's vendor.
+        saved_vendor: String,
+        /// Snapshot's family.
+        saved_family: u32,
+        /// Host vendor.
+        host_vendor: String,
+        /// Host family.
+        host_family: u32,
+    },
+    /// More vCPUs than KVM or husk allow, or a count that does not match.
+    #[error("the snapshot has {count} vCPUs; this host allows 1 to {max}")]
+    VcpuCount {
+        /// Saved count.
+        count: usize,
+        /// What this host allows.
+        max: usize,
+    },
+    /// A field that does not fit the rest of the state.
+    #[error("invalid snapshot state: {0}")]
+    Invalid(String),
+    /// Building the VM failed.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// A KVM or device step failed.
+    #[error("cannot restore {0}")]
+    Step(
+        &'static str,
+        #[source] Box<dyn std::error::Error + Send + Sync>,
+    ),
+}
+
+fn step<E: std::error::Error + Send + Sync + 'static>(
+    what: &'static str,
+) -> impl FnOnce(E) -> RestoreError {
+    move |e| RestoreError::Step(what, Box::new(e))
+}
+
+/// What restoring needs besides the two files.
+#[derive(Debug, Clone)]
+pub struct RestoreArgs {
+    /// The state file.
+    pub state_path: PathBuf,
+    /// The memory file.
+    pub mem_path: PathBuf,
+    /// Listen for vsock connections here instead of the saved path (one path per
+    /// restored sandbox, so clones coexist).
+    pub vsock_override: Option<PathBuf>,
+    /// Where guest console output goes.
+    pub console: ConsoleConfig,
+    /// Install seccomp filters on the vCPU threads.
+    pub seccomp: bool,
+}
+
+/// Timings of a restore, in microseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RestoreReport {
+    /// Reading and checking the state file.
+    pub state_us: u64,
+    /// The whole restore up to a paused VM.
+    pub total_us: u64,
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Check the machine part of `state` against this host before anything is built.
+fn validate(
+    state: &MicrovmState,
+    host: &CpuInfo,
+    kvm_max_vcpus: usize,
+) -> Result<(), RestoreError> {
+    if state.cpu.vendor != host.vendor || state.cpu.family != host.family {
+        return Err(RestoreError::Cpu {
+            saved_vendor: state.cpu.vendor.clone(),
+            saved_family: state.cpu.family,
+            host_vendor: host.vendor.clone(),
+            host_family: host.family,
+        });
+    }
+    let max = kvm_max_vcpus.min(usize::from(MAX_VCPUS));
+    let count = state.vcpus.len();
+    if count == 0 || count > max {
+        return Err(RestoreError::VcpuCount { count, max });
+    }
+    if usize::from(state.machine.vcpus) != count {
+        return Err(RestoreError::Invalid(format!(
+            "{} vCPU states for a {}-vCPU machine",
+            count, state.machine.vcpus
+        )));
+    }
+    let expected = GuestMemoryState {
+        regions: {
+            let mut offset = 0;
+            arch_memory_regions(state.machine.mem_mib << 20)
+                .into_iter()
+                .map(|(a, len)| {
+                    let r = memory::RegionState {
+                        base: a.0,
+                        size: len as u64,
+                        offset,
+                    };
+                    offset += len as u64;
+                    r
+                })
+                .collect()
+        },
+    };
+    if state.memory != expected {
+        return Err(RestoreError::Invalid(
+            "the guest memory layout does not match the machine's memory size".into(),
+        ));
+    }
+    if state.devices.virtio.len() > MAX_VIRTIO_DEVICES {
+        return Err(RestoreError::Invalid("too many virtio devices".into()));
+    }
+    for d in &state.devices.virtio {
+        if d.id.is_empty() || d.id.len() > 64 {
+            return Err(RestoreError::Invalid(
+                "a device id is empty or too long".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Build a paused microVM from a snapshot. Devices are registered with `em`; the VM
+/// stops through `stop`; the (already past) boot marker is wired to `ready_evt` as at
+/// boot. The vsock device (if any) has queued its transport-reset event and raised
+/// its interrupt before this returns, so the guest sees it before running anything.
+pub fn build_microvm_from_snapshot(
+    args: &RestoreArgs,
+    em: &mut EventManager,
+    stop: &StopSignal,
+    ready_evt: &EventFd,
+) -> Result<(Vmm, RestoreReport), RestoreError> {
+    let start = Instant::now();
+    let state: MicrovmState = format::read_file(&args.state_path)?;
+    let state_us = start.elapsed().as_micros() as u64;
+
+    let kvm = open_kvm().map_err(BuildError::from)?;
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| BuildError::Kvm("report its supported CPUID", e))?;
+    let host = CpuInfo::from_cpuid(supported.as_slice());
+    validate(&state, &host, kvm.get_max_vcpus())?;
+    let max_bytes = host_memory_mib().map_or(u64::MAX, |m| m << 20);
+    let mem = memory::map(&state.memory, &args.mem_path, max_bytes)?;
+    let msr_list = kvm
+        .get_msr_index_list()
+        .map(|l| l.as_slice().to_vec())
+        .unwrap_or_default();
+
+    let vm = Vm::restore(kvm, &state.vm).map_err(step("the VM (irqchip, PIT, clock)"))?;
+    // SAFETY: `mem` is moved into the returned Vmm, which drops `vm` and the vCPU
+    // handles before `mem`, so the mappings outlive every user of the VM.
+    unsafe { register_guest_memory(vm.fd(), &mem).map_err(BuildError::from)? };
+
+    let clone_stop = || {
+        stop.try_clone()
+            .map_err(|e| BuildError::Io("clone the stop eventfd", e))
+    };
+    let mut devices = DeviceManager::new();
+    let irq = EventFd::new(libc::EFD_NONBLOCK)
+        .map_err(|e| BuildError::Io("create the serial interrupt eventfd", e))?;
+    let sink = console_sink(&args.console, clone_stop()?)?;
+    let serial = <SerialDevice as Persist>::restore((irq, sink), &state.devices.serial)
+        .map_err(step("the serial console"))?;
+    vm.fd()
+        .register_irqfd(serial.irq_evt(), SERIAL_IRQ)
+        .map_err(|e| BuildError::Kvm("register the serial irqfd", e))?;
+    devices
+        .attach_pio(
+            "serial",
+            SERIAL_PORT_BASE,
+            8,
+            Some(SERIAL_IRQ),
+            LegacyHandle::Serial(Arc::new(Mutex::new(serial))),
+            None,
+        )
+        .map_err(BuildError::from)?;
+    devices
+        .attach_pio(
+            "i8042",
+            layout::I8042_PORT_BASE,
+            I8042_PORTS as u16,
+            None,
+            LegacyHandle::I8042(Arc::new(Mutex::new(I8042::new(clone_stop()?)))),
+            None,
+        )
+        .map_err(BuildError::from)?;
+    let marker = BootMarker::new(false);
+    let ready_at = marker.ready_at();
+    let evt = ready_evt
+        .try_clone()
+        .map_err(|e| BuildError::Io("clone the ready eventfd", e))?;
+    devices
+        .attach_pio(
+            "boot-marker",
+            layout::BOOT_MARKER_PORT,
+            1,
+            None,
+            LegacyHandle::BootMarker(Arc::new(Mutex::new(marker))),
+            Some((ready_at.clone(), evt)),
+        )
+        .map_err(BuildError::from)?;
+
+    let mut vsock_dev = None;
+    for d in &state.devices.virtio {
+        let dyn_dev: Arc<Mutex<dyn VirtioDevice>> = match &d.backend {
+            VirtioBackendState::Vsock(s) => {
+                let path = args.vsock_override.clone().unwrap_or(s.uds_path.clone());
+                let dev = Arc::new(Mutex::new(
+                    <Vsock as Persist>::restore(path, s).map_err(step("the vsock device"))?,
+                ));
+                devices
+                    .attach_virtio(
+                        vm.fd(),
+                        &mem,
+                        em,
+                        &d.id,
+                        dev.clone(),
+                        VirtioHandle::Vsock(dev.clone()),
+                    )
+                    .map_err(BuildError::from)?;
+                vsock_dev = Some(dev.clone());
+                dev
+            }
+            VirtioBackendState::Entropy(s) => {
+                let dev = Arc::new(Mutex::new(
+                    <Entropy as Persist>::restore((), s).map_err(step("the entropy device"))?,
+                ));
+                devices
+                    .attach_virtio(
+                        vm.fd(),
+                        &mem,
+                        em,
+                        &d.id,
+                        dev.clone(),
+                        VirtioHandle::Entropy(dev.clone()),
+                    )
+                    .map_err(BuildError::from)?;
+                dev
+            }
+        };
+        let transport = MmioTransport::restore(mem.clone(), dyn_dev, &d.transport)
+            .map_err(step("a virtio transport"))?;
+        let Some(slot) = devices.mmio_devices().last() else {
+            return Err(RestoreError::Invalid("virtio device not attached".into()));
+        };
+        *lock(&slot.transport) = transport;
+    }
+
+    let mut vcpus = Vec::with_capacity(state.vcpus.len());
+    for (i, vs) in state.vcpus.iter().enumerate() {
+        let mut vcpu = Vcpu::new(
+            vm.fd(),
+            i as u8,
+            devices.io_bus().clone(),
+            devices.mmio_bus().clone(),
+            clone_stop()?,
+        )
+        .map_err(BuildError::from)?;
+        vcpu.set_saveable_msrs(msr_list.clone());
+        vcpu.restore_state(vs).map_err(step("a vCPU"))?;
+        vcpus.push(vcpu.start(args.seccomp).map_err(BuildError::from)?);
+    }
+    // Only now, with every LAPIC restored: an interrupt raised before the vCPUs exist
+    // would be delivered to no LAPIC and lost (and the LAPIC restore would overwrite
+    // its IRR anyway). The vCPUs are still paused, so the guest sees it first thing.
+    if let Some(v) = vsock_dev {
+        let mut v = lock(&v);
+        if v.is_activated() {
+            v.send_transport_reset()
+                .map_err(step("the vsock transport reset event"))?;
+        }
+    }
+    let report = RestoreReport {
+        state_us,
+        total_us: start.elapsed().as_micros() as u64,
+    };
+    log::info!(
+        "snapshot restored (paused) in {} us (state file {} us)",
+        report.total_us,
+        report.state_us
+    );
+    Ok((
+        Vmm::new(vcpus, clone_stop()?, ready_at, devices, vm, mem),
+        report,
+    ))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::devices::legacy::persist::SerialDeviceState;
+    use crate::snapshot::{DevicesState, MachineState};
+    use crate::vstate::vcpu::{FpuState, VcpuState};
+    use crate::vstate::vm::VmState;
+
+    pub(crate) fn blank_vcpu() -> VcpuState {
+        VcpuState {
+            regs: Default::default(),
+            sregs: Default::default(),
+            fpu: FpuState::from(&kvm_bindings::kvm_fpu::default()),
+            lapic: Default::default(),
+            events: Default::default(),
+            mp_state: Default::default(),
+            msrs: vec![],
+            cpuid: vec![],
+            xsave: Vec::new(),
+            xcrs: Default::default(),
+            debugregs: Default::default(),
+            tsc_khz: None,
+        }
+    }
+
+    fn state(vcpus: usize, mem_mib: u64) -> MicrovmState {
+        let layout = {
+            let mem =
+                crate::GuestMemoryMmap::from_ranges(&arch_memory_regions(mem_mib << 20)).unwrap();
+            memory::layout(&mem)
+        };
+        MicrovmState {
+            cpu: CpuInfo {
+                vendor: "AuthenticAMD".into(),
+                family: 0x19,
+                model: 1,
+            },
+            machine: MachineState {
+                vcpus: vcpus as u8,
+                mem_mib,
+            },
+            memory: layout,
+            vm: VmState {
+                pic_master: Default::default(),
+                pic_slave: Default::default(),
+                ioapic: Default::default(),
+                pit: Default::default(),
+                clock: Default::default(),
+            },
+            vcpus: (0..vcpus).map(|_| blank_vcpu()).collect(),
+            devices: DevicesState {
+                serial: SerialDeviceState {
+                    baud_divisor: [0; 2],
+                    interrupt_enable: 0,
+                    interrupt_identification: 1,
+                    line_control: 3,
+                    line_status: 0x60,
+                    modem_control: 8,
+                    modem_status: 0,
+                    scratch: 0,
+                    in_buffer: vec![],
+                },
+                virtio: vec![],
+            },
+        }
+    }
+
+    #[test]
+    fn refusals_say_which_check_failed() {
+        let host = CpuInfo {
+            vendor: "AuthenticAMD".into(),
+            family: 0x19,
+            model: 7,
+        };
+        validate(&state(2, 64), &host, 8).unwrap();
+
+        let other = CpuInfo {
+            vendor: "GenuineIntel".into(),
+            family: 6,
+            model: 0x55,
+        };
+        let e = validate(&state(1, 64), &other, 8).unwrap_err();
+        assert!(matches!(e, RestoreError::Cpu { .. }));
+        assert!(e.to_string().contains("GenuineIntel"), "{e}");
+
+        let e = validate(&state(4, 64), &host, 2).unwrap_err();
+        assert!(
+            matches!(e, RestoreError::VcpuCount { count: 4, max: 2 }),
+            "{e}"
+        );
+        let e = validate(&state(0, 64), &host, 8).unwrap_err();
+        assert!(matches!(e, RestoreError::VcpuCount { count: 0, .. }), "{e}");
+
+        let mut s = state(1, 64);
+        s.machine.mem_mib = 128;
+        assert!(matches!(
+            validate(&s, &host, 8),
+            Err(RestoreError::Invalid(_))
+        ));
+        let mut s = state(2, 64);
+        s.machine.vcpus = 1;
+        assert!(matches!(
+            validate(&s, &host, 8),
+            Err(RestoreError::Invalid(_))
+        ));
+    }
+}
