@@ -117,6 +117,9 @@ pub enum Command {
     Pack(crate::commands::pack::PackArgs),
     /// Send one invocation to a running sandbox's agent over its vsock Unix socket.
     Invoke(crate::commands::invoke::InvokeArgs),
+    /// Cold-start figures for a function (boot, first response, round trip, memory),
+    /// beside QEMU microvm booting the same kernel and initramfs.
+    Bench(crate::commands::bench::BenchArgs),
 }
 
 /// `husk run`.
@@ -411,6 +414,7 @@ pub fn run_main(args: Vec<String>) -> Result<i32, CliError> {
         }
         Some(Command::Pack(args)) => Ok(crate::commands::pack::run(&args)),
         Some(Command::Invoke(args)) => Ok(crate::commands::invoke::run(&args)),
+        Some(Command::Bench(args)) => Ok(crate::commands::bench::run(&args)),
         None => {
             let fc = cli.firecracker;
             init_logging(&fc.log)?;
