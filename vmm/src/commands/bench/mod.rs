@@ -92,6 +92,9 @@ pub struct BenchArgs {
     /// Print the report as JSON (schema husk-bench/1) instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Also write the JSON report to this file (with or without --json).
+    #[arg(long, value_name = "FILE.json")]
+    pub json_file: Option<PathBuf>,
     /// Draw the latency distributions into this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
@@ -569,16 +572,29 @@ fn bench(args: &BenchArgs) -> Result<i32, BenchError> {
     } else {
         EXIT_OK
     };
+    let json = match serde_json::to_string_pretty(&report) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("husk bench: cannot encode the JSON report: {e}");
+            status = EXIT_FAILED;
+            None
+        }
+    };
     if args.json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(s) => println!("{s}"),
-            Err(e) => {
-                eprintln!("husk bench: cannot write the JSON report: {e}");
-                status = EXIT_FAILED;
-            }
+        if let Some(j) = &json {
+            println!("{j}");
         }
     } else {
         print!("{}", report.table());
+    }
+    if let (Some(path), Some(j)) = (&args.json_file, &json) {
+        match std::fs::write(path, format!("{j}\n")) {
+            Ok(()) => eprintln!("husk bench: wrote {}", path.display()),
+            Err(e) => {
+                eprintln!("husk bench: cannot write {}: {e}", path.display());
+                status = EXIT_FAILED;
+            }
+        }
     }
     if let Some(path) = &args.plot {
         match plot::draw(&report, path) {
