@@ -17,6 +17,8 @@ use super::proc::Guest;
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one invocation may take.
 const INVOKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the agent may take to accept a connection after its ready marker.
+const CONNECT_AFTER_READY: Duration = Duration::from_secs(10);
 /// How long husk's stderr lines (ready, memory) may lag behind the first response.
 const LINE_LAG: Duration = Duration::from_secs(10);
 
@@ -145,6 +147,29 @@ impl HuskPlan {
         cfg
     }
 
+    /// Wait for husk's ready line (the agent writes the marker once it listens), then
+    /// connect. Waiting for the line instead of polling the socket keeps the host from
+    /// probing the guest's vsock every few ms while it boots, which would be part of
+    /// what is measured.
+    fn connect_when_ready(&self, g: &mut Guest, uds: &Path) -> Result<AgentClient, ScenarioError> {
+        if g.wait_line(|l| parse_ready_ms(l).is_some(), self.boot_timeout)
+            .is_none()
+        {
+            return Err(ScenarioError::NoLine {
+                what: "husk printed no ready marker line (husk: guest ready after ...)".into(),
+                timeout: self.boot_timeout,
+                transcript: g.transcript(),
+            });
+        }
+        AgentClient::connect_with_retry(&Self::client_cfg(uds), CONNECT_AFTER_READY).map_err(
+            |source| ScenarioError::Client {
+                what: "reaching the agent after its ready marker",
+                source,
+                transcript: g.transcript(),
+            },
+        )
+    }
+
     /// Ask the agent to reboot the guest and wait for husk to exit 0.
     fn stop(g: &mut Guest, uds: &Path) -> Result<(), ScenarioError> {
         let client_err = |g: &mut Guest, source| ScenarioError::Client {
@@ -171,23 +196,13 @@ impl HuskPlan {
         }
     }
 
-    /// One cold boot: spawn husk, connect as soon as the agent listens, invoke once,
+    /// One cold boot: spawn husk, connect once it reports the agent ready, invoke once,
     /// read husk's ready and memory lines, stop the guest.
     pub fn cold_boot(&self, run: u32) -> Result<ColdBoot, ScenarioError> {
         let uds = self.dir.join(format!("cold-{run}.sock"));
         let mut g = self.spawn(&uds, "")?;
         let started = g.started();
-        let mut c =
-            match AgentClient::connect_with_retry(&Self::client_cfg(&uds), self.boot_timeout) {
-                Ok(c) => c,
-                Err(source) => {
-                    return Err(ScenarioError::Client {
-                        what: "reaching the agent",
-                        source,
-                        transcript: g.transcript(),
-                    })
-                }
-            };
+        let mut c = self.connect_when_ready(&mut g, &uds)?;
         let r = c.invoke(Invoke::new(1, 10_000, self.payload.clone()), INVOKE_TIMEOUT);
         let first_response = started.elapsed();
         drop(c);
@@ -243,8 +258,7 @@ impl HuskPlan {
             source,
             transcript: g.transcript(),
         };
-        let mut c = AgentClient::connect_with_retry(&Self::client_cfg(&uds), self.boot_timeout)
-            .map_err(|e| client_err(&mut g, "reaching the agent", e))?;
+        let mut c = self.connect_when_ready(&mut g, &uds)?;
         let mut rtts = Vec::with_capacity(n as usize);
         for i in 0..n {
             let inv = Invoke::new(u64::from(i) + 1, 10_000, self.payload.clone());
