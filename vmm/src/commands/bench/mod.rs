@@ -539,6 +539,14 @@ fn bench(args: &BenchArgs) -> Result<i32, BenchError> {
             invocations: args.invocations,
         };
         let environment = env::detect(qemu.as_deref());
+        if environment.kvm != "hardware" {
+            eprintln!(
+                "husk bench: warning: KVM here is {} (no hardware virtualization): a stock guest \
+                 kernel runs emulated, far too slowly to boot in time; on such a machine run \
+                 husk bench inside a KVM host (scripts/bench does, through husk-testhost)",
+                environment.kvm
+            );
+        }
         let scenarios = run_scenarios(&plan);
         Ok(Report {
             schema: report::SCHEMA.into(),
