@@ -84,15 +84,8 @@ fn invoke(uds: &Path, vm: &mut Spawned, wait: Duration) -> InvokeResult {
             vm.transcript()
         )
     });
-    c.invoke(
-        Invoke {
-            id: 1,
-            deadline_ms: 10_000,
-            payload: b"tick".to_vec(),
-        },
-        STEP_TIMEOUT,
-    )
-    .unwrap_or_else(|e| panic!("invocation failed: {e}\n{}", vm.transcript()))
+    c.invoke(Invoke::new(1, 10_000, b"tick".to_vec()), STEP_TIMEOUT)
+        .unwrap_or_else(|e| panic!("invocation failed: {e}\n{}", vm.transcript()))
 }
 
 fn snapshot_via_api(api: &Path, state: &Path, mem: &Path) -> e2e::Finished {
@@ -414,11 +407,7 @@ fn snapshot_at_ready_then_restore_serves_from_the_ready_state() {
             cfg.connect_timeout = Duration::from_secs(10);
             let mut client = AgentClient::connect_with_retry(&cfg, BOOT_TIMEOUT)
                 .unwrap_or_else(|e| panic!("{e}\n{}", c.transcript()));
-            let tick = Invoke {
-                id: 1,
-                deadline_ms: 10_000,
-                payload: b"tick".to_vec(),
-            };
+            let tick = Invoke::new(1, 10_000, b"tick".to_vec());
             match client.invoke(tick.clone(), STEP_TIMEOUT) {
                 Err(husk_agent::client::ClientError::Agent(e)) => {
                     assert_eq!(

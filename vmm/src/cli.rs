@@ -122,6 +122,9 @@ pub enum Command {
     Image(crate::commands::image::ImageCommand),
     /// Create a function snapshot, or restore a sandbox from one.
     Snapshot(crate::commands::snapshot::SnapshotArgs),
+    /// Cold-start figures for a function (boot, first response, round trip, memory),
+    /// beside QEMU microvm booting the same kernel and initramfs.
+    Bench(crate::commands::bench::BenchArgs),
 }
 
 /// `husk run`.
@@ -564,6 +567,7 @@ pub fn run_main(args: Vec<String>) -> Result<i32, CliError> {
         Some(Command::Invoke(args)) => Ok(crate::commands::invoke::run(&args)),
         Some(Command::Image(cmd)) => Ok(crate::commands::image::run(&cmd)),
         Some(Command::Snapshot(args)) => snapshot_command(args),
+        Some(Command::Bench(args)) => Ok(crate::commands::bench::run(&args)),
         None => {
             let fc = cli.firecracker;
             init_logging(&fc.log)?;

@@ -1,0 +1,212 @@
+//! `husk bench` e2e test: with fn-echo, the peer fixture and QEMU, `husk bench --runs 3
+//! --json --plot FILE` must boot real guests and report every figure it claims
+//! (boot -> ready, boot -> first response, invoke round trip, VMM memory overhead, the
+//! husk / QEMU microvm peer pair) with sane order statistics, list the scenarios this
+//! build does not have (snapshot, restore, pool) as skipped with a reason and no
+//! numbers, state the environment, and draw a non-trivial SVG.
+//!
+//! This is a test of the command, not a benchmark: the figures it sees are not printed
+//! as figures (scripts/bench prints them). Needs a hardware-virt KVM host (run it through
+//! `husk-testhost`), `HUSK_KERNEL`, the static binaries (husk, husk-agent, fn-echo), the
+//! `peer-init.cpio` fixture and qemu-system-x86_64; fails, never skips.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use husk_tests::e2e::{self, ScratchDir};
+use serde_json::Value;
+
+const RUNS: u64 = 3;
+const INVOCATIONS: u64 = 20;
+const TIMEOUT: Duration = Duration::from_secs(900);
+const MEASURED: [&str; 6] = [
+    "boot_to_ready",
+    "boot_to_first_response",
+    "invoke_round_trip",
+    "vmm_memory_overhead",
+    "boot_to_init_line",
+    "peer_qemu_boot_to_init_line",
+];
+const NOT_IN_THIS_BUILD: [&str; 5] = [
+    "snapshot_create",
+    "snapshot_size",
+    "restore_to_ready",
+    "restore_to_first_response",
+    "pool_invoke_latency",
+];
+
+fn scenario<'a>(report: &'a Value, id: &str) -> &'a Value {
+    report["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap_or_else(|| panic!("scenario {id} missing from the report:\n{report:#}"))
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// Check a measured scenario's summary against its samples; returns the samples.
+fn check_measured(report: &Value, id: &str, n: u64) -> Vec<f64> {
+    let s = scenario(report, id);
+    assert_eq!(s["status"], "measured", "{id}: {s:#}");
+    assert!(s["reason"].is_null(), "{id}: {s:#}");
+    let m = &s["summary"];
+    assert_eq!(m["n"].as_u64(), Some(n), "{id}: {s:#}");
+    let (min, p50, p90, p99, max) = (
+        f(&m["min"]),
+        f(&m["p50"]),
+        f(&m["p90"]),
+        f(&m["p99"]),
+        f(&m["max"]),
+    );
+    assert!(p50 > 0.0, "{id}: p50 {p50}");
+    assert!(
+        min <= p50 && p50 <= p90 && p90 <= p99 && p99 <= max,
+        "{id}: min {min} p50 {p50} p90 {p90} p99 {p99} max {max}"
+    );
+    let samples: Vec<f64> = s["samples"].as_array().unwrap().iter().map(f).collect();
+    assert_eq!(samples.len() as u64, n, "{id}");
+    assert!(
+        samples.iter().all(|&x| min <= x && x <= max),
+        "{id}: {samples:?}"
+    );
+    assert!(
+        samples.contains(&min) && samples.contains(&max) && samples.contains(&p50),
+        "{id}: nearest rank picks samples"
+    );
+    samples
+}
+
+#[test]
+fn husk_bench_json_holds_every_figure_and_the_plot_is_drawn() {
+    let kvm = e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("KVM: {}", kvm.reason);
+    let qemu = e2e::find_program("qemu-system-x86_64").unwrap_or_else(|e| panic!("{e}"));
+    let dir = ScratchDir::new("bench").unwrap();
+    let svg = dir.path().join("bench.svg");
+    let mut cmd = Command::new(e2e::bin("husk").unwrap_or_else(|e| panic!("{e}")));
+    cmd.arg("bench")
+        .arg("--kernel")
+        .arg(e2e::kernel().unwrap_or_else(|e| panic!("{e}")))
+        .arg("--function")
+        .arg(e2e::bin("fn-echo").unwrap_or_else(|e| panic!("{e}")))
+        .arg("--agent")
+        .arg(e2e::bin("husk-agent").unwrap_or_else(|e| panic!("{e}")))
+        .args(["--mode", "exec", "--runs", &RUNS.to_string()])
+        .args(["--invocations", &INVOCATIONS.to_string()])
+        .arg("--peer-initrd")
+        .arg(e2e::fixture("peer-init.cpio").unwrap_or_else(|e| panic!("{e}")))
+        .args(["--peer-marker", "HUSK-TEST-INIT: hello from the guest"])
+        .arg("--qemu")
+        .arg(&qemu)
+        .arg("--json")
+        .arg("--plot")
+        .arg(&svg);
+    let out = e2e::run_with_timeout(&mut cmd, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let (stdout, stderr) = (out.stdout_str(), out.stderr_str());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "husk bench failed:\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
+    );
+    let report: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON: {e}\n{stdout}"));
+    assert_eq!(report["schema"], "husk-bench/1");
+    // Progress went to stderr, one line per step (not a terminal).
+    assert!(
+        stderr.contains(&format!("cold boot {RUNS}/{RUNS}")),
+        "{stderr}"
+    );
+
+    let env = &report["environment"];
+    assert_eq!(env["kvm"], "hardware", "{env:#}");
+    let in_testhost = std::env::var("HUSK_IN_TESTHOST").is_ok_and(|v| v == "1");
+    if in_testhost {
+        assert_eq!(env["host"], "emulated", "{env:#}");
+    } else {
+        assert!(["direct", "virtual-machine", "emulated"].contains(&env["host"].as_str().unwrap()));
+    }
+    for k in ["cpu_model", "host_kernel", "husk_version", "host_detail"] {
+        assert!(
+            !env[k].as_str().unwrap_or("").is_empty(),
+            "environment.{k}: {env:#}"
+        );
+    }
+    assert!(env["cpus"].as_u64().unwrap() >= 1);
+    assert_eq!(env["qemu"].as_str(), Some(qemu.to_str().unwrap()));
+    assert_eq!(report["config"]["runs"].as_u64(), Some(RUNS));
+
+    for id in MEASURED {
+        let n = if id == "invoke_round_trip" {
+            INVOCATIONS
+        } else {
+            RUNS
+        };
+        check_measured(&report, id, n);
+    }
+    // Per boot, the first response comes after the agent was ready (the ready figure is
+    // husk's own from VMM start, the response time the bench's from the spawn).
+    let ready = check_measured(&report, "boot_to_ready", RUNS);
+    let first = check_measured(&report, "boot_to_first_response", RUNS);
+    for (r, fr) in ready.iter().zip(&first) {
+        assert!(
+            r < fr,
+            "ready {r} ms should precede the first response {fr} ms"
+        );
+    }
+    // The VMM's own memory: more than nothing, less than the guest's 128 MiB.
+    let mem = check_measured(&report, "vmm_memory_overhead", RUNS);
+    assert!(
+        mem.iter().all(|&k| k > 0.0 && k < 128.0 * 1024.0),
+        "{mem:?}"
+    );
+    assert_eq!(scenario(&report, "vmm_memory_overhead")["unit"], "KiB");
+    // A round trip on an open connection is far shorter than a cold boot.
+    let rtt = scenario(&report, "invoke_round_trip");
+    assert!(
+        f(&rtt["summary"]["p50"])
+            < f(&scenario(&report, "boot_to_first_response")["summary"]["min"])
+    );
+    assert_eq!(
+        scenario(&report, "peer_qemu_boot_to_init_line")["vmm"],
+        "qemu-microvm"
+    );
+
+    for id in NOT_IN_THIS_BUILD {
+        let s = scenario(&report, id);
+        assert_eq!(s["status"], "skipped", "{id}: {s:#}");
+        assert!(
+            s["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("not available in this build"),
+            "{id}: {s:#}"
+        );
+        assert!(
+            s["summary"].is_null() && s["samples"].as_array().unwrap().is_empty(),
+            "{id}: no numbers: {s:#}"
+        );
+    }
+    assert_eq!(
+        report["scenarios"].as_array().unwrap().len(),
+        MEASURED.len() + NOT_IN_THIS_BUILD.len()
+    );
+
+    let text = std::fs::read_to_string(&svg)
+        .unwrap_or_else(|e| panic!("no SVG at {}: {e}", svg.display()));
+    assert!(text.len() > 5_000, "SVG too small: {} bytes", text.len());
+    assert!(text.starts_with("<svg"), "{}", &text[..text.len().min(200)]);
+    // One panel per measured latency figure (5; memory is not a latency) with a point
+    // per sample.
+    assert!(
+        text.contains("invoke round trip") && text.contains("QEMU microvm"),
+        "panels missing"
+    );
+    let points = text.matches("<circle").count() as u64;
+    assert!(points >= 4 * RUNS + INVOCATIONS, "{points} points");
+}

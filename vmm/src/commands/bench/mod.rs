@@ -1,0 +1,638 @@
+//! `husk bench`: cold-start figures for one function on this machine, next to a peer
+//! (QEMU microvm) booting the same kernel and initramfs in the same run.
+//!
+//! Every figure is a [`ScenarioId`]; each is measured, skipped with a reason (a feature
+//! not in this build, no QEMU) or failed with the error: numbers are never made up. A
+//! new figure (snapshot, restore, pool) plugs in as a variant here, its measurement in
+//! [`scenarios`], and its arm in [`run_scenarios`]. Figures are summarized by
+//! [`stats`] (nearest-rank percentiles), printed by [`report`] as a table or JSON
+//! (schema `husk-bench/1`), and drawn by [`plot`].
+
+pub mod env;
+pub mod plot;
+mod proc;
+pub mod report;
+pub mod scenarios;
+pub mod stats;
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use husk_agent::config::Mode;
+use husk_agent::pack::{pack, PackSpec};
+use husk_agent::sync::error_chain;
+
+use report::{Report, RunConfig, Scenario};
+use scenarios::{HuskPlan, PeerPlan, ScenarioError};
+
+/// Exit status: every scenario was measured or skipped with a reason.
+pub const EXIT_OK: i32 = 0;
+/// Exit status: a scenario failed (the report says which), or the plot failed.
+pub const EXIT_FAILED: i32 = 1;
+/// Exit status: usage error.
+pub const EXIT_USAGE: i32 = 2;
+
+const AFTER_HELP: &str = "\
+Scenarios (JSON id): boot_to_ready, boot_to_first_response, invoke_round_trip,
+vmm_memory_overhead, boot_to_init_line and peer_qemu_boot_to_init_line (with
+--peer-initrd), then snapshot_create, snapshot_size, restore_to_ready,
+restore_to_first_response, pool_invoke_latency (listed as skipped until those features
+land). Each figure: min / p50 / p90 / p99 / max, nearest-rank percentiles.
+
+Exit status: 0 done, 1 a scenario or the plot failed (see the report), 2 usage error.";
+
+/// `husk bench` flags.
+#[derive(Debug, Args)]
+#[command(after_help = AFTER_HELP)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["function", "initrd"])))]
+pub struct BenchArgs {
+    /// Guest kernel (ELF vmlinux; kernel-config/build.sh --print-path).
+    #[arg(long)]
+    pub kernel: PathBuf,
+    /// The function executable (static) to pack with --agent.
+    #[arg(long, requires = "agent")]
+    pub function: Option<PathBuf>,
+    /// How the agent runs the function: exec or worker.
+    #[arg(long, value_parser = parse_mode, default_value = "exec")]
+    pub mode: Mode,
+    /// The husk-agent binary (static), packed as /init with --function.
+    #[arg(long)]
+    pub agent: Option<PathBuf>,
+    /// An initramfs already packed (husk pack) instead of --function.
+    #[arg(long, conflicts_with_all = ["function", "agent"])]
+    pub initrd: Option<PathBuf>,
+    /// Cold boots per boot figure.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub runs: u32,
+    /// Invocations timed in the round-trip figure (one sandbox in reuse mode).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub invocations: u32,
+    /// The payload of every invocation (the function must answer it with status ok).
+    #[arg(long, default_value = "husk bench")]
+    pub payload: String,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(16..))]
+    pub mem_mib: u64,
+    /// Bound on one boot, in seconds.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub boot_timeout_secs: u64,
+    /// Initramfs for the peer pair: husk and QEMU microvm boot it with the same kernel
+    /// and are timed to its init's console line (tests/fixtures/peer builds one).
+    #[arg(long)]
+    pub peer_initrd: Option<PathBuf>,
+    /// The peer pair's console line (a substring; default: the first guest line).
+    #[arg(long, requires = "peer_initrd")]
+    pub peer_marker: Option<String>,
+    /// QEMU binary for the peer (default: qemu-system-x86_64 from PATH).
+    #[arg(long)]
+    pub qemu: Option<PathBuf>,
+    /// Print the report as JSON (schema husk-bench/1) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the JSON report to this file (with or without --json).
+    #[arg(long, value_name = "FILE.json")]
+    pub json_file: Option<PathBuf>,
+    /// Draw the latency distributions into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// The husk binary to benchmark (default: this one).
+    #[arg(long)]
+    pub husk: Option<PathBuf>,
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    s.parse()
+}
+
+/// Errors before any scenario runs.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A file the flags name is missing.
+    #[error("{what} {} does not exist or is not a file", path.display())]
+    Missing {
+        /// Which flag.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+    },
+    /// Packing the function failed.
+    #[error("cannot pack the function")]
+    Pack(#[source] husk_agent::pack::PackError),
+    /// Scratch files.
+    #[error("cannot {what}")]
+    Io {
+        /// What failed.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl BenchArgs {
+    /// Check that every named file exists.
+    pub fn validate(&self) -> Result<(), BenchError> {
+        let files = [
+            ("--kernel", Some(&self.kernel)),
+            ("--function", self.function.as_ref()),
+            ("--agent", self.agent.as_ref()),
+            ("--initrd", self.initrd.as_ref()),
+            ("--peer-initrd", self.peer_initrd.as_ref()),
+            ("--qemu", self.qemu.as_ref()),
+            ("--husk", self.husk.as_ref()),
+        ];
+        for (what, path) in files {
+            if let Some(p) = path {
+                if !p.is_file() {
+                    return Err(BenchError::Missing {
+                        what,
+                        path: p.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every figure `husk bench` knows, in report order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScenarioId {
+    /// husk: VMM start -> the agent's ready marker (husk's in-VMM figure).
+    BootToReady,
+    /// husk: spawn -> the first invocation's result, cold.
+    BootToFirstResponse,
+    /// husk: invocation round trip on one connection in reuse mode.
+    InvokeRoundTrip,
+    /// husk: VMM RSS minus guest RAM resident, at ready.
+    VmmMemoryOverhead,
+    /// husk: VMM start -> the peer initramfs's init console line.
+    BootToInitLine,
+    /// QEMU microvm: the same.
+    PeerQemuBootToInitLine,
+    /// Snapshot creation time (not in this build).
+    SnapshotCreate,
+    /// Snapshot file sizes (not in this build).
+    SnapshotSize,
+    /// Restore -> ready (not in this build).
+    RestoreToReady,
+    /// Restore -> first response (not in this build).
+    RestoreToFirstResponse,
+    /// Pool invocation latency at a request rate (not in this build).
+    PoolInvokeLatency,
+}
+
+impl ScenarioId {
+    /// All, in report order.
+    pub const ALL: [ScenarioId; 11] = [
+        Self::BootToReady,
+        Self::BootToFirstResponse,
+        Self::InvokeRoundTrip,
+        Self::VmmMemoryOverhead,
+        Self::BootToInitLine,
+        Self::PeerQemuBootToInitLine,
+        Self::SnapshotCreate,
+        Self::SnapshotSize,
+        Self::RestoreToReady,
+        Self::RestoreToFirstResponse,
+        Self::PoolInvokeLatency,
+    ];
+
+    /// (JSON id, title, VMM, unit).
+    pub fn meta(self) -> (&'static str, &'static str, &'static str, &'static str) {
+        match self {
+            Self::BootToReady => (
+                "boot_to_ready",
+                "boot -> ready (VMM start -> agent ready marker)",
+                "husk",
+                "ms",
+            ),
+            Self::BootToFirstResponse => (
+                "boot_to_first_response",
+                "boot -> first response (spawn -> first result)",
+                "husk",
+                "ms",
+            ),
+            Self::InvokeRoundTrip => (
+                "invoke_round_trip",
+                "invoke round trip (reuse mode, one connection)",
+                "husk",
+                "ms",
+            ),
+            Self::VmmMemoryOverhead => (
+                "vmm_memory_overhead",
+                "VMM memory overhead at ready (RSS - guest RAM)",
+                "husk",
+                "KiB",
+            ),
+            Self::BootToInitLine => (
+                "boot_to_init_line",
+                "peer pair: husk start -> init console line",
+                "husk",
+                "ms",
+            ),
+            Self::PeerQemuBootToInitLine => (
+                "peer_qemu_boot_to_init_line",
+                "peer pair: QEMU microvm start -> init console line",
+                "qemu-microvm",
+                "ms",
+            ),
+            Self::SnapshotCreate => (
+                "snapshot_create",
+                "snapshot create (warm sandbox)",
+                "husk",
+                "ms",
+            ),
+            Self::SnapshotSize => (
+                "snapshot_size",
+                "snapshot files (state + memory)",
+                "husk",
+                "bytes",
+            ),
+            Self::RestoreToReady => ("restore_to_ready", "restore -> ready", "husk", "ms"),
+            Self::RestoreToFirstResponse => (
+                "restore_to_first_response",
+                "restore -> first response",
+                "husk",
+                "ms",
+            ),
+            Self::PoolInvokeLatency => (
+                "pool_invoke_latency",
+                "pool invocation latency",
+                "husk",
+                "ms",
+            ),
+        }
+    }
+
+    /// Why this build cannot measure it, if it cannot.
+    pub fn unavailable(self) -> Option<&'static str> {
+        match self {
+            Self::SnapshotCreate | Self::SnapshotSize => {
+                Some("not available in this build: husk has no snapshots yet")
+            }
+            Self::RestoreToReady | Self::RestoreToFirstResponse => {
+                Some("not available in this build: husk cannot restore from a snapshot yet")
+            }
+            Self::PoolInvokeLatency => Some("not available in this build: husk has no pool yet"),
+            _ => None,
+        }
+    }
+
+    fn measured(self, samples: Vec<f64>) -> Scenario {
+        let (id, title, vmm, unit) = self.meta();
+        Scenario::measured(id, title, Some(vmm), unit, samples)
+    }
+
+    fn skipped(self, reason: String) -> Scenario {
+        let (id, title, vmm, unit) = self.meta();
+        Scenario::skipped(id, title, Some(vmm), unit, reason)
+    }
+
+    fn failed(self, e: &ScenarioError) -> Scenario {
+        let (id, title, vmm, unit) = self.meta();
+        Scenario::failed(id, title, Some(vmm), unit, error_chain(e))
+    }
+}
+
+/// The progress line on stderr: rewritten in place on a terminal, one line per step
+/// otherwise.
+struct Progress {
+    total: u64,
+    done: u64,
+    tty: bool,
+}
+
+impl Progress {
+    fn step(&mut self, what: &str) {
+        self.done += 1;
+        let mut err = std::io::stderr().lock();
+        if self.tty {
+            let _ = write!(
+                err,
+                "\r\x1b[Khusk bench: [{}/{}] {what}",
+                self.done, self.total
+            );
+        } else {
+            let _ = writeln!(err, "husk bench: [{}/{}] {what}", self.done, self.total);
+        }
+        let _ = err.flush();
+    }
+
+    fn finish(&self) {
+        if self.tty {
+            eprintln!();
+        }
+    }
+}
+
+/// `qemu-system-x86_64` from `PATH`.
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// What the run does, resolved from the flags.
+struct Plan {
+    husk: HuskPlan,
+    peer: Option<PeerPlan>,
+    runs: u32,
+    invocations: u32,
+}
+
+/// Run every scenario of `plan`, reporting progress.
+fn run_scenarios(plan: &Plan) -> Vec<Scenario> {
+    let peer_steps = if plan.peer.is_some() { 2 } else { 0 };
+    let mut progress = Progress {
+        total: u64::from(plan.runs) * (1 + peer_steps) + 10,
+        done: 0,
+        tty: std::io::stderr().is_terminal(),
+    };
+    let mut out = BTreeMap::new();
+    // Cold boots: ready, first response, memory.
+    let (mut ready, mut first, mut mem) = (Vec::new(), Vec::new(), Vec::new());
+    let mut cold_err = None;
+    for i in 1..=plan.runs {
+        match plan.husk.cold_boot(i) {
+            Ok(b) => {
+                ready.push(b.ready_ms);
+                first.push(b.first_response_ms);
+                mem.push(b.overhead_kib);
+                progress.step(&format!(
+                    "cold boot {i}/{}: ready {:.1} ms, first response {:.1} ms",
+                    plan.runs, b.ready_ms, b.first_response_ms
+                ));
+            }
+            Err(e) => {
+                progress.step(&format!("cold boot {i}/{} FAILED", plan.runs));
+                cold_err = Some(e);
+                break;
+            }
+        }
+    }
+    for (id, samples) in [
+        (ScenarioId::BootToReady, ready),
+        (ScenarioId::BootToFirstResponse, first),
+        (ScenarioId::VmmMemoryOverhead, mem),
+    ] {
+        let s = match &cold_err {
+            Some(e) => id.failed(e),
+            None => id.measured(samples),
+        };
+        out.insert(id.meta().0, s);
+    }
+    // Round trips: progress every tenth.
+    let n = plan.invocations;
+    let tenth = (n / 10).max(1);
+    let rtt = plan.husk.round_trips(n, |k| {
+        if k % tenth == 0 && progress.done < progress.total {
+            progress.step(&format!("invocation {k}/{n}"));
+        }
+    });
+    let id = ScenarioId::InvokeRoundTrip;
+    out.insert(
+        id.meta().0,
+        match rtt {
+            Ok(v) => id.measured(v),
+            Err(e) => id.failed(&e),
+        },
+    );
+    // The peer pair, interleaved so both VMMs see the same conditions.
+    let (husk_id, qemu_id) = (
+        ScenarioId::BootToInitLine,
+        ScenarioId::PeerQemuBootToInitLine,
+    );
+    match &plan.peer {
+        None => {
+            let why = "needs --peer-initrd: an initramfs whose init prints a console line, \
+                       booted by both VMMs (tests/fixtures/peer builds peer-init.cpio)";
+            out.insert(husk_id.meta().0, husk_id.skipped(why.into()));
+            out.insert(qemu_id.meta().0, qemu_id.skipped(why.into()));
+        }
+        Some(peer) => {
+            let (mut h, mut q) = (Ok(Vec::new()), Ok(Vec::new()));
+            for i in 1..=plan.runs {
+                if let Ok(v) = &mut h {
+                    match peer.husk_boot() {
+                        Ok(t) => v.push(t),
+                        Err(e) => h = Err(e),
+                    }
+                }
+                progress.step(&format!("peer pair {i}/{}: husk", plan.runs));
+                if let (Some(qemu), Ok(v)) = (&peer.qemu, &mut q) {
+                    match peer.qemu_boot(qemu) {
+                        Ok(t) => v.push(t),
+                        Err(e) => q = Err(e),
+                    }
+                }
+                progress.step(&format!("peer pair {i}/{}: QEMU microvm", plan.runs));
+            }
+            out.insert(
+                husk_id.meta().0,
+                match h {
+                    Ok(v) => husk_id.measured(v),
+                    Err(e) => husk_id.failed(&e),
+                },
+            );
+            let qs = match (&peer.qemu, q) {
+                (None, _) => qemu_id.skipped(
+                    "qemu-system-x86_64 not found in PATH (install QEMU or give --qemu)".into(),
+                ),
+                (Some(_), Ok(v)) => qemu_id.measured(v),
+                (Some(_), Err(e)) => qemu_id.failed(&e),
+            };
+            out.insert(qemu_id.meta().0, qs);
+        }
+    }
+    progress.finish();
+    ScenarioId::ALL
+        .iter()
+        .map(|id| match id.unavailable() {
+            Some(why) => id.skipped(why.into()),
+            None => out
+                .remove(id.meta().0)
+                .unwrap_or_else(|| id.skipped("not run".into())),
+        })
+        .collect()
+}
+
+/// Pack the function (or take `--initrd`) into `dir`; returns the initramfs path.
+fn initramfs(args: &BenchArgs, dir: &Path) -> Result<PathBuf, BenchError> {
+    if let Some(i) = &args.initrd {
+        return Ok(i.clone());
+    }
+    let (Some(function), Some(agent)) = (&args.function, &args.agent) else {
+        // clap's group and `requires` make this unreachable; say what is needed anyway.
+        return Err(BenchError::Missing {
+            what: "--function with --agent (or --initrd)",
+            path: PathBuf::new(),
+        });
+    };
+    let spec = PackSpec {
+        agent: agent.clone(),
+        function: function.clone(),
+        mode: args.mode,
+        args: vec![],
+        env: BTreeMap::new(),
+        files: vec![],
+        deadline_ms: None,
+        output_cap: None,
+        gzip: false,
+    };
+    let bytes = pack(&spec).map_err(BenchError::Pack)?;
+    let path = dir.join("function.cpio");
+    std::fs::write(&path, bytes).map_err(|source| BenchError::Io {
+        what: format!("write {}", path.display()),
+        source,
+    })?;
+    Ok(path)
+}
+
+/// Prepare, run and report; returns the exit status.
+fn bench(args: &BenchArgs) -> Result<i32, BenchError> {
+    args.validate()?;
+    let husk = match &args.husk {
+        Some(h) => h.clone(),
+        None => std::env::current_exe().map_err(|source| BenchError::Io {
+            what: "find this husk binary (give --husk)".into(),
+            source,
+        })?,
+    };
+    let dir = std::env::temp_dir().join(format!("husk-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|source| BenchError::Io {
+        what: format!("create {}", dir.display()),
+        source,
+    })?;
+    let result = (|| {
+        let initrd = initramfs(args, &dir)?;
+        let qemu = args
+            .qemu
+            .clone()
+            .or_else(|| find_in_path("qemu-system-x86_64"));
+        let boot_timeout = Duration::from_secs(args.boot_timeout_secs);
+        let plan = Plan {
+            husk: HuskPlan {
+                husk: husk.clone(),
+                kernel: args.kernel.clone(),
+                initrd: initrd.clone(),
+                mem_mib: args.mem_mib,
+                payload: args.payload.clone().into_bytes(),
+                boot_timeout,
+                dir: dir.clone(),
+            },
+            peer: args.peer_initrd.as_ref().map(|p| PeerPlan {
+                husk: husk.clone(),
+                qemu: qemu.clone(),
+                kernel: args.kernel.clone(),
+                initrd: p.clone(),
+                marker: args.peer_marker.clone(),
+                mem_mib: args.mem_mib,
+                boot_timeout,
+            }),
+            runs: args.runs,
+            invocations: args.invocations,
+        };
+        let environment = env::detect(qemu.as_deref());
+        if environment.kvm != "hardware" {
+            eprintln!(
+                "husk bench: warning: KVM here is {} (no hardware virtualization): a stock guest \
+                 kernel runs emulated, far too slowly to boot in time; on such a machine run \
+                 husk bench inside a KVM host (scripts/bench does, through husk-testhost)",
+                environment.kvm
+            );
+        }
+        let scenarios = run_scenarios(&plan);
+        Ok(Report {
+            schema: report::SCHEMA.into(),
+            environment,
+            config: RunConfig {
+                runs: args.runs,
+                invocations: args.invocations,
+                kernel: args.kernel.display().to_string(),
+                function: args.function.as_ref().map(|f| f.display().to_string()),
+                mode: args.function.as_ref().map(|_| {
+                    match args.mode {
+                        Mode::Exec => "exec",
+                        Mode::Worker => "worker",
+                    }
+                    .to_string()
+                }),
+                initrd: args.initrd.as_ref().map_or_else(
+                    || "(packed by husk bench)".into(),
+                    |i| i.display().to_string(),
+                ),
+                mem_mib: args.mem_mib,
+                peer_initrd: args.peer_initrd.as_ref().map(|p| p.display().to_string()),
+            },
+            scenarios,
+        })
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = result?;
+    let mut status = if report.any_failed() {
+        EXIT_FAILED
+    } else {
+        EXIT_OK
+    };
+    let json = match serde_json::to_string_pretty(&report) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("husk bench: cannot encode the JSON report: {e}");
+            status = EXIT_FAILED;
+            None
+        }
+    };
+    if args.json {
+        if let Some(j) = &json {
+            println!("{j}");
+        }
+    } else {
+        print!("{}", report.table());
+    }
+    if let (Some(path), Some(j)) = (&args.json_file, &json) {
+        match std::fs::write(path, format!("{j}\n")) {
+            Ok(()) => eprintln!("husk bench: wrote {}", path.display()),
+            Err(e) => {
+                eprintln!("husk bench: cannot write {}: {e}", path.display());
+                status = EXIT_FAILED;
+            }
+        }
+    }
+    if let Some(path) = &args.plot {
+        match plot::draw(&report, path) {
+            Ok(()) => eprintln!("husk bench: wrote {}", path.display()),
+            Err(e) => {
+                eprintln!("husk bench: {}", error_chain(&e));
+                status = EXIT_FAILED;
+            }
+        }
+    }
+    if report.any_failed() {
+        eprintln!("husk bench: a scenario failed; see its reason in the report");
+    }
+    Ok(status)
+}
+
+/// Run `husk bench`; returns the exit status.
+pub fn run(args: &BenchArgs) -> i32 {
+    match bench(args) {
+        Ok(s) => s,
+        Err(e @ BenchError::Missing { .. }) => {
+            eprintln!("husk bench: {}", error_chain(&e));
+            EXIT_USAGE
+        }
+        Err(e) => {
+            eprintln!("husk bench: {}", error_chain(&e));
+            EXIT_FAILED
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
