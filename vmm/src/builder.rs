@@ -320,7 +320,8 @@ pub(crate) fn console_sink(
     Ok(ConsoleSink::new(out, DEFAULT_CONSOLE_LIMIT, Some(stop)))
 }
 
-/// The legacy devices on the port-I/O bus: UART (irqfd on GSI 4), i8042, marker (whose
+/// The legacy devices on the port-I/O bus: UART (irqfd on GSI 4), i8042 (irqfd on GSI 1),
+/// marker (whose
 /// first ready write wakes the controller through `ready_evt`).
 fn attach_legacy_devices(
     vm: &VmFd,
@@ -347,12 +348,18 @@ fn attach_legacy_devices(
         LegacyHandle::Serial(Arc::new(Mutex::new(serial))),
         None,
     )?;
+    let kbd_irq = EventFd::new(libc::EFD_NONBLOCK)
+        .map_err(|e| BuildError::Io("create the i8042 interrupt eventfd", e))?;
+    vm.register_irqfd(&kbd_irq, layout::I8042_IRQ)
+        .map_err(|e| BuildError::Kvm("register the i8042 irqfd", e))?;
     devices.attach_pio(
         "i8042",
         layout::I8042_PORT_BASE,
         I8042_PORTS as u16,
-        None,
-        LegacyHandle::I8042(Arc::new(Mutex::new(I8042::new(clone_stop()?)))),
+        Some(layout::I8042_IRQ),
+        LegacyHandle::I8042(Arc::new(Mutex::new(
+            I8042::new(clone_stop()?).with_interrupt(kbd_irq),
+        ))),
         None,
     )?;
     let marker = BootMarker::new(res.boot_timer).with_fatal_stop(

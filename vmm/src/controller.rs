@@ -423,6 +423,23 @@ impl Controller {
         v
     }
 
+    /// Queue Ctrl+Alt+Del in the i8042 keyboard (the guest kernel then restarts; with
+    /// `reboot=k` through the i8042 reset, which ends the VM with status 0).
+    fn send_ctrl_alt_del(&mut self) -> Result<(), ActionError> {
+        let dev = self
+            .vmm
+            .as_ref()
+            .and_then(|vmm| vmm.devices().i8042())
+            .ok_or_else(|| ActionError::Failed("this microVM has no i8042 controller".into()))?;
+        crate::devices::bus::lock(dev)
+            .send_ctrl_alt_del()
+            .map_err(|e| {
+                ActionError::Failed(format!("cannot send Ctrl+Alt+Del: {}", error_chain(&e)))
+            })?;
+        log::info!("sent Ctrl+Alt+Del to the guest");
+        Ok(())
+    }
+
     fn flush_metrics(&mut self) -> Result<(), ActionError> {
         let body = self.metrics_json();
         let sink = self.metrics.as_mut().ok_or_else(|| {
@@ -532,11 +549,7 @@ impl Controller {
                     error_chain(&e)
                 ))),
             },
-            VmmAction::SendCtrlAltDel => Err(ActionError::Invalid(
-                "SendCtrlAltDel is not supported by husk: its i8042 emulates only the reset \
-                 line, not a keyboard; end the guest through the agent (Shutdown) or stop the VMM"
-                    .into(),
-            )),
+            VmmAction::SendCtrlAltDel => self.send_ctrl_alt_del().map(|()| VmmData::Empty),
             VmmAction::FlushMetrics => self.flush_metrics().map(|()| VmmData::Empty),
             VmmAction::Pause => {
                 if let Some(vmm) = &self.vmm {

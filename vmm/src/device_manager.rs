@@ -78,7 +78,7 @@ impl BusDevice for Counted {
 pub enum LegacyHandle {
     /// The 8250 console UART.
     Serial(Arc<Mutex<SerialDevice>>),
-    /// The i8042 (reset only).
+    /// The i8042 (keyboard for Ctrl+Alt+Del, CPU reset).
     I8042(Arc<Mutex<I8042>>),
     /// The boot-ready marker port.
     BootMarker(Arc<Mutex<BootMarker>>),
@@ -187,6 +187,14 @@ impl DeviceManager {
     /// The port-I/O devices.
     pub fn pio_devices(&self) -> &[PioDevice] {
         &self.pio
+    }
+
+    /// The i8042 controller, if attached.
+    pub fn i8042(&self) -> Option<&Arc<Mutex<I8042>>> {
+        self.pio.iter().find_map(|d| match &d.handle {
+            LegacyHandle::I8042(dev) => Some(dev),
+            _ => None,
+        })
     }
 
     /// The virtio-mmio devices, in attach order.

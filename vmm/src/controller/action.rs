@@ -43,7 +43,7 @@ pub enum VmmAction {
     PutMetrics(MetricsConfig),
     /// `PUT /actions` InstanceStart (pre-boot).
     InstanceStart,
-    /// `PUT /actions` SendCtrlAltDel (refused: husk's i8042 has no keyboard).
+    /// `PUT /actions` SendCtrlAltDel (post-boot): Ctrl+Alt+Del on the i8042 keyboard.
     SendCtrlAltDel,
     /// `PUT /actions` FlushMetrics.
     FlushMetrics,

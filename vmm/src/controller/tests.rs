@@ -64,6 +64,11 @@ fn post_boot_actions_are_refused_before_boot_and_start_needs_a_kernel() {
         ActionError::NotSupportedPreBoot("PATCH /vm (Paused)")
     ));
     assert!(e.to_string().contains("before starting the microVM"));
+    let e = c.handle(VmmAction::SendCtrlAltDel).unwrap_err();
+    assert!(matches!(
+        e,
+        ActionError::NotSupportedPreBoot("SendCtrlAltDel")
+    ));
     let e = c.handle(VmmAction::InstanceStart).unwrap_err();
     assert!(e.to_string().contains("PUT /boot-source first"), "{e}");
     let e = c.handle(VmmAction::FlushMetrics).unwrap_err();

@@ -21,7 +21,7 @@
 //! 0x1_0000_0000├──────────────────────────────┤  RAM beyond MMIO_GAP_START, if any
 //! ```
 //!
-//! Port I/O: 8250 UART 0x3f8 (IRQ 4), i8042 0x60/0x64, boot-ready marker 0x440.
+//! Port I/O: 8250 UART 0x3f8 (IRQ 4), i8042 0x60/0x64 (IRQ 1), boot-ready marker 0x440.
 
 /// GDT location.
 pub const BOOT_GDT_START: u64 = 0x500;
@@ -81,6 +81,8 @@ pub const SERIAL_PORT_BASE: u16 = 0x3f8;
 pub const SERIAL_IRQ: u32 = 4;
 /// i8042 data port; the controller spans 0x60..=0x64.
 pub const I8042_PORT_BASE: u16 = 0x60;
+/// i8042 keyboard IRQ.
+pub const I8042_IRQ: u32 = 1;
 /// Boot-ready marker port (defined once, in the agent crate that writes it).
 pub const BOOT_MARKER_PORT: u16 = husk_agent::pid1::READY_PORT;
 /// The value written to [`BOOT_MARKER_PORT`] to mean "ready".

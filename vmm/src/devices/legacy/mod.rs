@@ -1,4 +1,5 @@
-//! Legacy port-I/O devices: the 8250 console UART, the i8042 (reset only) and the
+//! Legacy port-I/O devices: the 8250 console UART, the i8042 (keyboard
+//! for Ctrl+Alt+Del, CPU reset) and the
 //! boot-ready marker port.
 
 pub mod i8042;
@@ -6,6 +7,6 @@ pub mod marker;
 pub mod persist;
 pub mod serial;
 
-pub use i8042::{I8042, I8042_PORTS};
+pub use i8042::{I8042State, I8042, I8042_PORTS};
 pub use marker::BootMarker;
 pub use serial::{ConsoleSink, SerialDevice};
