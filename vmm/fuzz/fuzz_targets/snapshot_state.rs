@@ -1,6 +1,5 @@
 //! Fuzz the snapshot state file decoder: any bytes give a `MicrovmState` or an error,
 //! never a panic, and a decoded state re-encodes to a file that decodes again.
-//! (Cargo.toml needs a `[[bin]] name = "snapshot_state"` entry for this file.)
 #![no_main]
 
 use husk_vmm::snapshot::format;
