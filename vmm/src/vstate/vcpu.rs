@@ -62,6 +62,12 @@ pub enum VcpuError {
     /// The vCPU thread did not answer in time or is gone.
     #[error("vCPU {0} did not respond to {1}")]
     NoResponse(u8, &'static str),
+    /// A state save was asked of a running vCPU.
+    #[error("vCPU {0} is running: pause it before saving its state")]
+    NotPaused(u8),
+    /// The vCPU thread could not save its state (the cause keeps the KVM error).
+    #[error("cannot save the state of vCPU {0}")]
+    SaveState(u8, #[source] Box<VcpuError>),
 }
 
 /// What the vCPU loop does after an exit.
@@ -595,7 +601,7 @@ impl Vcpu {
                 VcpuRunState::Paused
             }
             Ok(VcpuCommand::SaveState) => {
-                let r = self.save_state().map_err(|e| e.to_string());
+                let r = self.save_state();
                 let _ = tx.send(VcpuResponse::State(Box::new(r)));
                 VcpuRunState::Paused
             }
@@ -621,9 +627,9 @@ impl Vcpu {
                     let _ = tx.send(VcpuResponse::Resumed);
                 }
                 Ok(VcpuCommand::SaveState) => {
-                    let _ = tx.send(VcpuResponse::State(Box::new(Err(
-                        "pause the vCPU before saving its state".into(),
-                    ))));
+                    let _ = tx.send(VcpuResponse::State(Box::new(Err(VcpuError::NotPaused(
+                        self.index,
+                    )))));
                 }
                 Err(TryRecvError::Empty) => {}
             }
@@ -706,7 +712,7 @@ pub enum VcpuResponse {
     /// Now paused.
     Paused,
     /// The saved state, or why it could not be saved.
-    State(Box<Result<VcpuState, String>>),
+    State(Box<Result<VcpuState, VcpuError>>),
     /// The thread ended.
     Exited,
 }
@@ -776,9 +782,10 @@ impl VcpuHandle {
             return Err(VcpuError::NoResponse(self.index, "save state"));
         }
         match self.expect("save state", |r| matches!(r, VcpuResponse::State(_)))? {
-            VcpuResponse::State(s) => {
-                (*s).map_err(|_| VcpuError::NoResponse(self.index, "save state"))
-            }
+            VcpuResponse::State(s) => (*s).map_err(|e| match e {
+                VcpuError::NotPaused(_) => e,
+                other => VcpuError::SaveState(self.index, Box::new(other)),
+            }),
             _ => Err(VcpuError::NoResponse(self.index, "save state")),
         }
     }
