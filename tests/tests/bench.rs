@@ -1,13 +1,14 @@
-//! `husk bench` e2e test: with fn-echo, the peer fixture and QEMU, `husk bench --runs 3
-//! --json --plot FILE` must boot real guests and report every figure it claims
-//! (boot -> ready, boot -> first response, invoke round trip, VMM memory overhead, the
-//! husk / QEMU microvm peer pair) with sane order statistics, list the scenarios this
-//! build does not have (snapshot, restore, pool) as skipped with a reason and no
-//! numbers, state the environment, and draw a non-trivial SVG.
+//! `husk bench` e2e test: with fn-counter in worker mode, the peer fixture and QEMU,
+//! `husk bench --runs 3 --json --plot FILE` must boot real guests and report every
+//! figure it claims (boot -> ready, boot -> first response, invoke round trip, VMM memory
+//! overhead, the husk / QEMU microvm peer pair, snapshot create time and file sizes,
+//! restore -> ready, restore -> first response) with sane order statistics and the
+//! restore / boot first-response ratio, list the pool (not in this build) as skipped
+//! with a reason and no numbers, state the environment, and draw a non-trivial SVG.
 //!
 //! This is a test of the command, not a benchmark: the figures it sees are not printed
 //! as figures (scripts/bench prints them). Needs a hardware-virt KVM host (run it through
-//! `husk-testhost`), `HUSK_KERNEL`, the static binaries (husk, husk-agent, fn-echo), the
+//! `husk-testhost`), `HUSK_KERNEL`, the static binaries (husk, husk-agent, fn-counter), the
 //! `peer-init.cpio` fixture and qemu-system-x86_64; fails, never skips.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -21,21 +22,22 @@ use serde_json::Value;
 const RUNS: u64 = 3;
 const INVOCATIONS: u64 = 20;
 const TIMEOUT: Duration = Duration::from_secs(900);
-const MEASURED: [&str; 6] = [
+const MEASURED: [&str; 12] = [
     "boot_to_ready",
     "boot_to_first_response",
     "invoke_round_trip",
     "vmm_memory_overhead",
     "boot_to_init_line",
     "peer_qemu_boot_to_init_line",
-];
-const NOT_IN_THIS_BUILD: [&str; 5] = [
     "snapshot_create",
-    "snapshot_size",
+    "snapshot_state_size",
+    "snapshot_memory_apparent",
+    "snapshot_memory_allocated",
     "restore_to_ready",
     "restore_to_first_response",
-    "pool_invoke_latency",
 ];
+const NOT_IN_THIS_BUILD: [&str; 1] = ["pool_invoke_latency"];
+const MEM_MIB: f64 = 128.0;
 
 fn scenario<'a>(report: &'a Value, id: &str) -> &'a Value {
     report["scenarios"]
@@ -94,10 +96,10 @@ fn husk_bench_json_holds_every_figure_and_the_plot_is_drawn() {
         .arg("--kernel")
         .arg(e2e::kernel().unwrap_or_else(|e| panic!("{e}")))
         .arg("--function")
-        .arg(e2e::bin("fn-echo").unwrap_or_else(|e| panic!("{e}")))
+        .arg(e2e::bin("fn-counter").unwrap_or_else(|e| panic!("{e}")))
         .arg("--agent")
         .arg(e2e::bin("husk-agent").unwrap_or_else(|e| panic!("{e}")))
-        .args(["--mode", "exec", "--runs", &RUNS.to_string()])
+        .args(["--mode", "worker", "--runs", &RUNS.to_string()])
         .args(["--invocations", &INVOCATIONS.to_string()])
         .arg("--peer-initrd")
         .arg(e2e::fixture("peer-init.cpio").unwrap_or_else(|e| panic!("{e}")))
@@ -116,7 +118,7 @@ fn husk_bench_json_holds_every_figure_and_the_plot_is_drawn() {
     );
     let report: Value = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("stdout is not JSON: {e}\n{stdout}"));
-    assert_eq!(report["schema"], "husk-bench/1");
+    assert_eq!(report["schema"], "husk-bench/2");
     // Progress went to stderr, one line per step (not a terminal).
     assert!(
         stderr.contains(&format!("cold boot {RUNS}/{RUNS}")),
@@ -176,6 +178,59 @@ fn husk_bench_json_holds_every_figure_and_the_plot_is_drawn() {
         scenario(&report, "peer_qemu_boot_to_init_line")["vmm"],
         "qemu-microvm"
     );
+    assert!(
+        stderr.contains(&format!("restore {RUNS}/{RUNS}")),
+        "{stderr}"
+    );
+
+    // Snapshots: every memory file holds all guest RAM but is sparse; the state file is
+    // small (registers, devices), far less than guest RAM.
+    let apparent = check_measured(&report, "snapshot_memory_apparent", RUNS);
+    assert!(
+        apparent.iter().all(|&b| b == MEM_MIB * 1048576.0),
+        "{apparent:?}"
+    );
+    let allocated = check_measured(&report, "snapshot_memory_allocated", RUNS);
+    assert!(
+        allocated
+            .iter()
+            .all(|&b| b > 0.0 && b < MEM_MIB * 1048576.0),
+        "sparse: {allocated:?}"
+    );
+    let state = check_measured(&report, "snapshot_state_size", RUNS);
+    assert!(
+        state.iter().all(|&b| b > 1024.0 && b < 16.0 * 1048576.0),
+        "{state:?}"
+    );
+    for id in [
+        "snapshot_state_size",
+        "snapshot_memory_apparent",
+        "snapshot_memory_allocated",
+    ] {
+        assert_eq!(scenario(&report, id)["unit"], "bytes", "{id}");
+    }
+    // Creating a snapshot takes time but is bounded by the command's own timeout.
+    let create = check_measured(&report, "snapshot_create", RUNS);
+    assert!(
+        create.iter().all(|&t| t > 0.0 && t < 60_000.0),
+        "{create:?}"
+    );
+    // Per restore, the agent acknowledged Restored before the first result came back.
+    let rready = check_measured(&report, "restore_to_ready", RUNS);
+    let rfirst = check_measured(&report, "restore_to_first_response", RUNS);
+    for (r, fr) in rready.iter().zip(&rfirst) {
+        assert!(
+            r < fr,
+            "restored {r} ms should precede the first response {fr} ms"
+        );
+    }
+    // The ratio is the two p50s of this run, as the report says.
+    let ratio = f(&report["ratios"]["restore_vs_boot_first_response_p50"]);
+    let expect = f(&scenario(&report, "restore_to_first_response")["summary"]["p50"])
+        / f(&scenario(&report, "boot_to_first_response")["summary"]["p50"]);
+    assert!((ratio - expect).abs() < 1e-9, "{ratio} vs {expect}");
+    assert!(ratio > 0.0, "{ratio}");
+    eprintln!("restore / boot first response p50 ratio in this run: {ratio:.3}");
 
     for id in NOT_IN_THIS_BUILD {
         let s = scenario(&report, id);
@@ -201,12 +256,14 @@ fn husk_bench_json_holds_every_figure_and_the_plot_is_drawn() {
         .unwrap_or_else(|e| panic!("no SVG at {}: {e}", svg.display()));
     assert!(text.len() > 5_000, "SVG too small: {} bytes", text.len());
     assert!(text.starts_with("<svg"), "{}", &text[..text.len().min(200)]);
-    // One panel per measured latency figure (5; memory is not a latency) with a point
-    // per sample.
+    // One panel per measured latency figure (8; memory and sizes are not latencies)
+    // with a point per sample.
     assert!(
-        text.contains("invoke round trip") && text.contains("QEMU microvm"),
+        text.contains("invoke round trip")
+            && text.contains("QEMU microvm")
+            && text.contains("restore -"),
         "panels missing"
     );
     let points = text.matches("<circle").count() as u64;
-    assert!(points >= 4 * RUNS + INVOCATIONS, "{points} points");
+    assert!(points >= 7 * RUNS + INVOCATIONS, "{points} points");
 }

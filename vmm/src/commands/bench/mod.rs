@@ -6,7 +6,7 @@
 //! new figure (snapshot, restore, pool) plugs in as a variant here, its measurement in
 //! [`scenarios`], and its arm in [`run_scenarios`]. Figures are summarized by
 //! [`stats`] (nearest-rank percentiles), printed by [`report`] as a table or JSON
-//! (schema `husk-bench/1`), and drawn by [`plot`].
+//! (schema `husk-bench/2`), and drawn by [`plot`].
 
 pub mod env;
 pub mod plot;
@@ -38,9 +38,13 @@ pub const EXIT_USAGE: i32 = 2;
 const AFTER_HELP: &str = "\
 Scenarios (JSON id): boot_to_ready, boot_to_first_response, invoke_round_trip,
 vmm_memory_overhead, boot_to_init_line and peer_qemu_boot_to_init_line (with
---peer-initrd), then snapshot_create, snapshot_size, restore_to_ready,
-restore_to_first_response, pool_invoke_latency (listed as skipped until those features
-land). Each figure: min / p50 / p90 / p99 / max, nearest-rank percentiles.
+--peer-initrd), snapshot_create, snapshot_state_size, snapshot_memory_apparent,
+snapshot_memory_allocated (a sandbox snapshotted at ready, --runs times),
+restore_to_ready, restore_to_first_response (--runs restores of that snapshot, each a
+fresh `husk snapshot restore`), pool_invoke_latency (skipped: no pool in this build).
+Each figure: min / p50 / p90 / p99 / max, nearest-rank percentiles. Also printed: the
+ratio restore -> first response p50 / boot -> first response p50. Snapshots are what
+worker mode is for: give --mode worker to measure a warmed worker.
 
 Exit status: 0 done, 1 a scenario or the plot failed (see the report), 2 usage error.";
 
@@ -89,7 +93,7 @@ pub struct BenchArgs {
     /// QEMU binary for the peer (default: qemu-system-x86_64 from PATH).
     #[arg(long)]
     pub qemu: Option<PathBuf>,
-    /// Print the report as JSON (schema husk-bench/1) instead of the table.
+    /// Print the report as JSON (schema husk-bench/2) instead of the table.
     #[arg(long)]
     pub json: bool,
     /// Also write the JSON report to this file (with or without --json).
@@ -173,13 +177,17 @@ pub enum ScenarioId {
     BootToInitLine,
     /// QEMU microvm: the same.
     PeerQemuBootToInitLine,
-    /// Snapshot creation time (not in this build).
+    /// `husk snapshot create --api-sock --resume` of a sandbox at ready.
     SnapshotCreate,
-    /// Snapshot file sizes (not in this build).
-    SnapshotSize,
-    /// Restore -> ready (not in this build).
+    /// The snapshot's state file size.
+    SnapshotStateSize,
+    /// The snapshot's memory file, apparent size (guest RAM).
+    SnapshotMemoryApparent,
+    /// The snapshot's memory file, blocks allocated (it is sparse).
+    SnapshotMemoryAllocated,
+    /// Restore -> the agent acknowledged `Restored`.
     RestoreToReady,
-    /// Restore -> first response (not in this build).
+    /// Restore -> first response.
     RestoreToFirstResponse,
     /// Pool invocation latency at a request rate (not in this build).
     PoolInvokeLatency,
@@ -187,7 +195,7 @@ pub enum ScenarioId {
 
 impl ScenarioId {
     /// All, in report order.
-    pub const ALL: [ScenarioId; 11] = [
+    pub const ALL: [ScenarioId; 13] = [
         Self::BootToReady,
         Self::BootToFirstResponse,
         Self::InvokeRoundTrip,
@@ -195,7 +203,9 @@ impl ScenarioId {
         Self::BootToInitLine,
         Self::PeerQemuBootToInitLine,
         Self::SnapshotCreate,
-        Self::SnapshotSize,
+        Self::SnapshotStateSize,
+        Self::SnapshotMemoryApparent,
+        Self::SnapshotMemoryAllocated,
         Self::RestoreToReady,
         Self::RestoreToFirstResponse,
         Self::PoolInvokeLatency,
@@ -242,20 +252,37 @@ impl ScenarioId {
             ),
             Self::SnapshotCreate => (
                 "snapshot_create",
-                "snapshot create (warm sandbox)",
+                "snapshot create at ready (pause + write + resume)",
                 "husk",
                 "ms",
             ),
-            Self::SnapshotSize => (
-                "snapshot_size",
-                "snapshot files (state + memory)",
+            Self::SnapshotStateSize => (
+                "snapshot_state_size",
+                "snapshot state file",
                 "husk",
                 "bytes",
             ),
-            Self::RestoreToReady => ("restore_to_ready", "restore -> ready", "husk", "ms"),
+            Self::SnapshotMemoryApparent => (
+                "snapshot_memory_apparent",
+                "snapshot memory file, apparent size",
+                "husk",
+                "bytes",
+            ),
+            Self::SnapshotMemoryAllocated => (
+                "snapshot_memory_allocated",
+                "snapshot memory file, allocated on disk",
+                "husk",
+                "bytes",
+            ),
+            Self::RestoreToReady => (
+                "restore_to_ready",
+                "restore -> ready (spawn -> Restored acknowledged)",
+                "husk",
+                "ms",
+            ),
             Self::RestoreToFirstResponse => (
                 "restore_to_first_response",
-                "restore -> first response",
+                "restore -> first response (spawn -> first result)",
                 "husk",
                 "ms",
             ),
@@ -271,12 +298,6 @@ impl ScenarioId {
     /// Why this build cannot measure it, if it cannot.
     pub fn unavailable(self) -> Option<&'static str> {
         match self {
-            Self::SnapshotCreate | Self::SnapshotSize => {
-                Some("not available in this build: husk has no snapshots yet")
-            }
-            Self::RestoreToReady | Self::RestoreToFirstResponse => {
-                Some("not available in this build: husk cannot restore from a snapshot yet")
-            }
             Self::PoolInvokeLatency => Some("not available in this build: husk has no pool yet"),
             _ => None,
         }
@@ -350,7 +371,7 @@ struct Plan {
 fn run_scenarios(plan: &Plan) -> Vec<Scenario> {
     let peer_steps = if plan.peer.is_some() { 2 } else { 0 };
     let mut progress = Progress {
-        total: u64::from(plan.runs) * (1 + peer_steps) + 10,
+        total: u64::from(plan.runs) * (3 + peer_steps) + 10,
         done: 0,
         tty: std::io::stderr().is_terminal(),
     };
@@ -403,6 +424,73 @@ fn run_scenarios(plan: &Plan) -> Vec<Scenario> {
             Err(e) => id.failed(&e),
         },
     );
+    // Snapshots of one sandbox at ready, then restores of the last one.
+    let snap_ids = [
+        ScenarioId::SnapshotCreate,
+        ScenarioId::SnapshotStateSize,
+        ScenarioId::SnapshotMemoryApparent,
+        ScenarioId::SnapshotMemoryAllocated,
+    ];
+    let snaps = plan.husk.snapshots(plan.runs, |i, c| {
+        progress.step(&format!(
+            "snapshot {i}/{}: created in {:.1} ms",
+            plan.runs, c.create_ms
+        ))
+    });
+    let restore_ids = [
+        ScenarioId::RestoreToReady,
+        ScenarioId::RestoreToFirstResponse,
+    ];
+    match snaps {
+        Err(e) => {
+            for id in snap_ids {
+                out.insert(id.meta().0, id.failed(&e));
+            }
+            let why = format!("no snapshot to restore: {}", error_chain(&e));
+            for id in restore_ids {
+                let (i, title, vmm, unit) = id.meta();
+                out.insert(i, Scenario::failed(i, title, Some(vmm), unit, why.clone()));
+            }
+        }
+        Ok((created, files)) => {
+            let cols: [fn(&scenarios::Created) -> f64; 4] = [
+                |c| c.create_ms,
+                |c| c.state_bytes,
+                |c| c.mem_apparent_bytes,
+                |c| c.mem_allocated_bytes,
+            ];
+            for (id, col) in snap_ids.into_iter().zip(cols) {
+                out.insert(id.meta().0, id.measured(created.iter().map(col).collect()));
+            }
+            let (mut ready, mut first) = (Vec::new(), Vec::new());
+            let mut err = None;
+            for i in 1..=plan.runs {
+                match plan.husk.restore(&files, i) {
+                    Ok(r) => {
+                        ready.push(r.ready_ms);
+                        first.push(r.first_response_ms);
+                        progress.step(&format!(
+                            "restore {i}/{}: ready {:.1} ms, first response {:.1} ms",
+                            plan.runs, r.ready_ms, r.first_response_ms
+                        ));
+                    }
+                    Err(e) => {
+                        progress.step(&format!("restore {i}/{} FAILED", plan.runs));
+                        err = Some(e);
+                        break;
+                    }
+                }
+            }
+            scenarios::remove_snapshot(&files);
+            for (id, samples) in restore_ids.into_iter().zip([ready, first]) {
+                let s = match &err {
+                    Some(e) => id.failed(e),
+                    None => id.measured(samples),
+                };
+                out.insert(id.meta().0, s);
+            }
+        }
+    }
     // The peer pair, interleaved so both VMMs see the same conditions.
     let (husk_id, qemu_id) = (
         ScenarioId::BootToInitLine,
@@ -548,6 +636,7 @@ fn bench(args: &BenchArgs) -> Result<i32, BenchError> {
             );
         }
         let scenarios = run_scenarios(&plan);
+        let ratios = report::Ratios::of(&scenarios);
         Ok(Report {
             schema: report::SCHEMA.into(),
             environment,
@@ -571,6 +660,7 @@ fn bench(args: &BenchArgs) -> Result<i32, BenchError> {
                 peer_initrd: args.peer_initrd.as_ref().map(|p| p.display().to_string()),
             },
             scenarios,
+            ratios,
         })
     })();
     let _ = std::fs::remove_dir_all(&dir);

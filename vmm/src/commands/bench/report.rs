@@ -1,8 +1,12 @@
 //! The `husk bench` report: its JSON schema (`--json`) and the table it prints.
 //!
-//! Schema `husk-bench/1` (fields are only ever added within a version):
+//! Schema `husk-bench/2` (fields are only ever added within a version). Version 2 adds
+//! to version 1 the snapshot scenarios (`snapshot_create`, `snapshot_state_size`,
+//! `snapshot_memory_apparent`, `snapshot_memory_allocated`, `restore_to_ready`,
+//! `restore_to_first_response`; version 1's never-measured `snapshot_size` is gone) and
+//! the top-level `ratios` object:
 //! ```text
-//! { "schema": "husk-bench/1",
+//! { "schema": "husk-bench/2",
 //!   "environment": { "kvm": "hardware"|"pvm"|"unavailable", "kvm_module": "kvm_amd"|null,
 //!                    "host": "direct"|"virtual-machine"|"emulated", "host_detail": "...",
 //!                    "cpu_model": "...", "cpus": 2, "host_kernel": "6.1.0-...",
@@ -14,7 +18,10 @@
 //!                    "unit": "ms"|"KiB"|"bytes", "status": "measured"|"skipped"|"failed",
 //!                    "reason": "..."|null,            // why skipped or failed
 //!                    "summary": { "n", "min", "p50", "p90", "p99", "max", "mean" }|null,
-//!                    "samples": [ ... ] } ] }
+//!                    "samples": [ ... ] } ],
+//!   "ratios": { "restore_vs_boot_first_response_p50": 0.2|null } }
+//!              // restore_to_first_response p50 / boot_to_first_response p50, this run;
+//!              // null unless both were measured
 //! ```
 //! A `measured` scenario has a summary over its samples; a `skipped` one (a feature not
 //! in this build, no QEMU) and a `failed` one have a reason and no numbers.
@@ -26,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use super::stats::Summary;
 
 /// The schema name and version written in every report.
-pub const SCHEMA: &str = "husk-bench/1";
+pub const SCHEMA: &str = "husk-bench/2";
 
 /// A whole `husk bench` run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,6 +47,40 @@ pub struct Report {
     pub config: RunConfig,
     /// Every scenario, measured or not, in a fixed order.
     pub scenarios: Vec<Scenario>,
+    /// Figures derived from two scenarios of this run.
+    pub ratios: Ratios,
+}
+
+/// Ratios between scenarios of one run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ratios {
+    /// `restore_to_first_response` p50 / `boot_to_first_response` p50 (`None` unless
+    /// both were measured).
+    pub restore_vs_boot_first_response_p50: Option<f64>,
+}
+
+impl Ratios {
+    /// The ratios of `scenarios` (by id).
+    pub fn of(scenarios: &[Scenario]) -> Self {
+        let p50 = |id: &str| {
+            scenarios
+                .iter()
+                .find(|s| s.id == id && s.status == Status::Measured)
+                .and_then(|s| s.summary)
+                .map(|m| m.p50)
+        };
+        let restore_vs_boot_first_response_p50 = match (
+            p50("restore_to_first_response"),
+            p50("boot_to_first_response"),
+        ) {
+            (Some(r), Some(b)) if b > 0.0 => Some(r / b),
+            _ => None,
+        };
+        Self {
+            restore_vs_boot_first_response_p50,
+        }
+    }
 }
 
 /// The machine the figures come from.
@@ -260,6 +301,14 @@ impl Report {
                 }
             }
         }
+        if let Some(r) = self.ratios.restore_vs_boot_first_response_p50 {
+            let _ = writeln!(
+                out,
+                "restore -> first response p50 / boot -> first response p50 = {r:.3} \
+                 (restore is {:.1}x faster)",
+                1.0 / r
+            );
+        }
         out
     }
 
@@ -327,6 +376,9 @@ pub(super) mod tests {
                     "QEMU exited with status 1".into(),
                 ),
             ],
+            ratios: Ratios {
+                restore_vs_boot_first_response_p50: Some(0.25),
+            },
         }
     }
 
@@ -337,7 +389,8 @@ pub(super) mod tests {
         let back: Report = serde_json::from_str(&text).unwrap();
         assert_eq!(back, r);
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v["schema"], "husk-bench/1");
+        assert_eq!(v["schema"], "husk-bench/2");
+        assert_eq!(v["ratios"]["restore_vs_boot_first_response_p50"], 0.25);
         assert_eq!(v["environment"]["host"], "emulated");
         let s0 = &v["scenarios"][0];
         assert_eq!(s0["id"], "boot_to_ready");
@@ -354,7 +407,7 @@ pub(super) mod tests {
             .unwrap()
             .contains("not available in this build"));
         assert_eq!(v["scenarios"][3]["status"], "failed");
-        // Unknown fields are refused: a reader of schema 1 sees exactly schema 1.
+        // Unknown fields are refused: a reader of schema 2 sees exactly schema 2.
         let mut extra = v.clone();
         extra["surprise"] = serde_json::json!(1);
         assert!(serde_json::from_value::<Report>(extra).is_err());
@@ -408,7 +461,12 @@ pub(super) mod tests {
         assert!(fail.contains("FAILED: QEMU exited"), "{fail}");
         assert!(r.any_failed());
         // Columns line up: every figure row has its unit at the same offset.
-        let unit_at: Vec<usize> = lines[3..]
+        let ratio = lines.last().unwrap();
+        assert!(
+            ratio.contains("/ boot -> first response p50 = 0.250") && ratio.contains("4.0x"),
+            "{t}"
+        );
+        let unit_at: Vec<usize> = lines[3..lines.len() - 1]
             .iter()
             .map(|l| l.find("  ms ").unwrap())
             .collect();

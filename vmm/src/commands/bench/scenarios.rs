@@ -1,8 +1,11 @@
 //! The measurements behind each scenario: cold boots of husk with the function (ready
 //! marker, first response, memory report), the invocation round trip in reuse mode, and
 //! the peer pair (husk and QEMU microvm booting the same kernel and initramfs to the
-//! init's first console line).
+//! init's first console line), and snapshots: create time and file sizes of a sandbox
+//! snapshotted at ready, then restores, each a fresh `husk snapshot restore` process
+//! with its own vsock socket and the `Restored` handshake.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -116,11 +119,20 @@ pub fn parse_overhead_kib(line: &str) -> Option<f64> {
 }
 
 impl HuskPlan {
-    fn spawn(&self, uds: &Path, extra_cmdline: &str) -> Result<Guest, ScenarioError> {
+    fn spawn(
+        &self,
+        uds: &Path,
+        extra_cmdline: &str,
+        api: Option<&Path>,
+    ) -> Result<Guest, ScenarioError> {
         let _ = std::fs::remove_file(uds);
         let mut cmd = Command::new(&self.husk);
-        cmd.arg("run")
-            .arg("--kernel")
+        cmd.arg("run");
+        if let Some(api) = api {
+            let _ = std::fs::remove_file(api);
+            cmd.arg("--api-sock").arg(api);
+        }
+        cmd.arg("--kernel")
             .arg(&self.kernel)
             .arg("--initrd")
             .arg(&self.initrd)
@@ -200,7 +212,7 @@ impl HuskPlan {
     /// read husk's ready and memory lines, stop the guest.
     pub fn cold_boot(&self, run: u32) -> Result<ColdBoot, ScenarioError> {
         let uds = self.dir.join(format!("cold-{run}.sock"));
-        let mut g = self.spawn(&uds, "")?;
+        let mut g = self.spawn(&uds, "", None)?;
         let started = g.started();
         let mut c = self.connect_when_ready(&mut g, &uds)?;
         let r = c.invoke(Invoke::new(1, 10_000, self.payload.clone()), INVOKE_TIMEOUT);
@@ -252,7 +264,7 @@ impl HuskPlan {
         mut progress: impl FnMut(u32),
     ) -> Result<Vec<f64>, ScenarioError> {
         let uds = self.dir.join("reuse.sock");
-        let mut g = self.spawn(&uds, "husk.reuse=1")?;
+        let mut g = self.spawn(&uds, "husk.reuse=1", None)?;
         let client_err = |g: &mut Guest, what, source| ScenarioError::Client {
             what,
             source,
@@ -277,6 +289,185 @@ impl HuskPlan {
         let _ = std::fs::remove_file(&uds);
         Ok(rtts)
     }
+}
+
+/// A snapshot on disk: the state file and the memory file.
+#[derive(Debug, Clone)]
+pub struct SnapshotFiles {
+    /// The state file.
+    pub state: PathBuf,
+    /// The memory file.
+    pub mem: PathBuf,
+}
+
+/// One `husk snapshot create`'s figures.
+#[derive(Debug, Clone, Copy)]
+pub struct Created {
+    /// Spawn of `husk snapshot create --api-sock --resume` -> its "snapshot written" line
+    /// (pause, state and memory files written and fsynced, resume), ms.
+    pub create_ms: f64,
+    /// State file size, bytes.
+    pub state_bytes: f64,
+    /// Memory file apparent size (guest RAM), bytes.
+    pub mem_apparent_bytes: f64,
+    /// Memory file blocks allocated on disk, bytes.
+    pub mem_allocated_bytes: f64,
+}
+
+/// One restore's figures.
+#[derive(Debug, Clone, Copy)]
+pub struct Restore {
+    /// Spawn of `husk snapshot restore` -> the agent acknowledged `Restored`, ms.
+    pub ready_ms: f64,
+    /// Spawn of `husk snapshot restore` -> the first invocation's result, ms.
+    pub first_response_ms: f64,
+}
+
+/// `husk: snapshot written in 12 ms: ...`
+const CREATED_LINE: &str = "snapshot written in ";
+/// `husk: agent restored (generation 1) 5120 us after the restore began`
+const RESTORED_LINE: &str = "agent restored (generation";
+
+impl HuskPlan {
+    /// Boot the function with the API socket and `husk.await_restore=1` (as a platform
+    /// boots what it will snapshot: clones refuse invocations until their `Restored`),
+    /// wait for the agent's ready marker (the function is loaded and initialised), then
+    /// take `n` snapshots through `husk snapshot create --api-sock --resume`, timing
+    /// each and measuring its files. Keeps the last snapshot for the restores (the
+    /// others are deleted); the sandbox is killed afterwards.
+    pub fn snapshots(
+        &self,
+        n: u32,
+        mut progress: impl FnMut(u32, &Created),
+    ) -> Result<(Vec<Created>, SnapshotFiles), ScenarioError> {
+        let (uds, api) = (self.dir.join("snap.sock"), self.dir.join("snap.api"));
+        let mut g = self.spawn(&uds, "husk.await_restore=1", Some(&api))?;
+        if g.wait_line(|l| parse_ready_ms(l).is_some(), self.boot_timeout)
+            .is_none()
+        {
+            return Err(ScenarioError::NoLine {
+                what: "husk printed no ready marker line (husk: guest ready after ...)".into(),
+                timeout: self.boot_timeout,
+                transcript: g.transcript(),
+            });
+        }
+        let mut created = Vec::with_capacity(n as usize);
+        let mut last = None;
+        for i in 1..=n {
+            let files = SnapshotFiles {
+                state: self.dir.join(format!("snap-{i}.state")),
+                mem: self.dir.join(format!("snap-{i}.mem")),
+            };
+            let mut cmd = Command::new(&self.husk);
+            cmd.args(["snapshot", "create", "--resume", "--api-sock"])
+                .arg(&api)
+                .arg("--snapshot-path")
+                .arg(&files.state)
+                .arg("--mem-file-path")
+                .arg(&files.mem);
+            let mut c = Guest::spawn(cmd).map_err(|source| ScenarioError::Spawn {
+                what: format!("{} snapshot create", self.husk.display()),
+                source,
+            })?;
+            let at = c.wait_line(|l| l.contains(CREATED_LINE), EXIT_TIMEOUT);
+            let status = c.wait_exit(EXIT_TIMEOUT);
+            let (Some((at, _)), Some(_)) = (at, status.filter(|s| s.success())) else {
+                return Err(ScenarioError::Exit {
+                    what: format!("husk snapshot create failed (exit {status:?})"),
+                    transcript: format!(
+                        "{}\n--- the sandbox ---\n{}",
+                        c.transcript(),
+                        g.transcript()
+                    ),
+                });
+            };
+            let meta = |p: &Path| {
+                std::fs::metadata(p).map_err(|e| ScenarioError::Exit {
+                    what: format!("cannot stat {}: {e}", p.display()),
+                    transcript: String::new(),
+                })
+            };
+            let (sm, mm) = (meta(&files.state)?, meta(&files.mem)?);
+            let c = Created {
+                create_ms: ms(at),
+                state_bytes: sm.len() as f64,
+                mem_apparent_bytes: mm.len() as f64,
+                mem_allocated_bytes: (mm.blocks() * 512) as f64,
+            };
+            progress(i, &c);
+            created.push(c);
+            if let Some(old) = last.replace(files) {
+                remove_snapshot(&old);
+            }
+        }
+        drop(g);
+        let _ = std::fs::remove_file(&uds);
+        let _ = std::fs::remove_file(&api);
+        let files = last.ok_or_else(|| ScenarioError::Exit {
+            what: "no snapshot was taken (0 runs)".into(),
+            transcript: String::new(),
+        })?;
+        Ok((created, files))
+    }
+
+    /// One restore: a fresh `husk snapshot restore` process with its own vsock socket
+    /// and sandbox id; husk sends the agent `Restored` (fresh entropy, clock, id) as every
+    /// restore does; once the agent acknowledged it, connect and invoke once. The clone
+    /// is killed afterwards.
+    pub fn restore(&self, snap: &SnapshotFiles, run: u32) -> Result<Restore, ScenarioError> {
+        let uds = self.dir.join(format!("restore-{run}.sock"));
+        let _ = std::fs::remove_file(&uds);
+        let mut cmd = Command::new(&self.husk);
+        cmd.args(["snapshot", "restore", "--boot-timer", "--snapshot-path"])
+            .arg(&snap.state)
+            .arg("--mem-file-path")
+            .arg(&snap.mem)
+            .arg("--vsock-uds")
+            .arg(&uds)
+            .args(["--sandbox-id", &format!("bench-{run}"), "--console", "null"]);
+        let mut g = Guest::spawn(cmd).map_err(|source| ScenarioError::Spawn {
+            what: format!("{} snapshot restore", self.husk.display()),
+            source,
+        })?;
+        let started = g.started();
+        let Some((ready, _)) = g.wait_line(|l| l.contains(RESTORED_LINE), self.boot_timeout) else {
+            return Err(ScenarioError::NoLine {
+                what: "husk snapshot restore printed no handshake line (husk: agent restored ...)"
+                    .into(),
+                timeout: self.boot_timeout,
+                transcript: g.transcript(),
+            });
+        };
+        let mut c = AgentClient::connect_with_retry(&Self::client_cfg(&uds), CONNECT_AFTER_READY)
+            .map_err(|source| ScenarioError::Client {
+            what: "reaching the restored agent",
+            source,
+            transcript: g.transcript(),
+        })?;
+        let r = c.invoke(Invoke::new(1, 10_000, self.payload.clone()), INVOKE_TIMEOUT);
+        let first = started.elapsed();
+        drop(c);
+        let r = r.map_err(|source| ScenarioError::Client {
+            what: "the first invocation after the restore",
+            source,
+            transcript: g.transcript(),
+        })?;
+        if r.status != Status::Ok {
+            return Err(ScenarioError::NotOk(r.status));
+        }
+        drop(g);
+        let _ = std::fs::remove_file(&uds);
+        Ok(Restore {
+            ready_ms: ms(ready),
+            first_response_ms: ms(first),
+        })
+    }
+}
+
+/// Delete a snapshot's files.
+pub fn remove_snapshot(s: &SnapshotFiles) {
+    let _ = std::fs::remove_file(&s.state);
+    let _ = std::fs::remove_file(&s.mem);
 }
 
 /// The peer pair: the same kernel and initramfs under husk and under QEMU microvm.
