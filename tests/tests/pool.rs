@@ -144,7 +144,10 @@ fn wait_status(p: &PoolRun, what: &str, pred: impl Fn(&serde_json::Value) -> boo
         if pred(&s) {
             return;
         }
-        assert!(t.elapsed() < BOOT_TIMEOUT, "pool never reached: {what}: {s}");
+        assert!(
+            t.elapsed() < BOOT_TIMEOUT,
+            "pool never reached: {what}: {s}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -163,7 +166,12 @@ fn pids(v: &serde_json::Value, state: &str) -> Vec<i32> {
 fn processes_with(needle: &str) -> Vec<String> {
     let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if !e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()) {
+        if !e
+            .file_name()
+            .to_string_lossy()
+            .chars()
+            .all(|c| c.is_ascii_digit())
+        {
             continue;
         }
         if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
@@ -176,8 +184,9 @@ fn processes_with(needle: &str) -> Vec<String> {
     found
 }
 
-/// SIGTERM the pool: it exits 0 and leaves no process, socket or file behind.
-fn stop_and_check_clean(mut p: PoolRun) {
+/// SIGTERM the pool: it exits 0 and leaves no process, socket or file behind; returns
+/// its transcript.
+fn stop_and_check_clean(mut p: PoolRun) -> String {
     // SAFETY: kill(2) with integer arguments only.
     unsafe { libc::kill(p.proc.pid() as i32, libc::SIGTERM) };
     let st = p
@@ -191,6 +200,9 @@ fn stop_and_check_clean(mut p: PoolRun) {
     assert!(!p.sock.exists(), "the pool socket is left");
     assert!(!p.status.exists(), "the status file is left");
     assert!(!p.work.exists(), "the work directory is left");
+    let t = p.proc.transcript();
+    assert!(t.contains("husk pool: stopped;"), "{t}");
+    t
 }
 
 #[test]
@@ -199,7 +211,7 @@ fn pool_serves_each_invocation_on_a_fresh_sandbox_and_leaves_nothing() {
     let dir = ScratchDir::new("pool").unwrap();
     let d = dir.path();
     let (state, mem) = snapshot(d, "fn-counter");
-    let mut pool = start_pool(d, "counter", &state, &mem, 2);
+    let pool = start_pool(d, "counter", &state, &mem, 2);
 
     // 20 invocations, each on a fresh sandbox restored from the ready state.
     let mut ids = HashSet::new();
@@ -229,7 +241,11 @@ fn pool_serves_each_invocation_on_a_fresh_sandbox_and_leaves_nothing() {
     .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", out.stderr_str());
     assert_eq!(out.stdout_str(), "1");
-    assert!(out.stderr_str().contains("generation 1"), "{}", out.stderr_str());
+    assert!(
+        out.stderr_str().contains("generation 1"),
+        "{}",
+        out.stderr_str()
+    );
 
     // A crashing function: the caller gets the crash, the next invocation succeeds.
     let (_, r) = invoke(&pool.sock, b"exit");
@@ -249,9 +265,7 @@ fn pool_serves_each_invocation_on_a_fresh_sandbox_and_leaves_nothing() {
     let (hello, r) = invoke(&pool.sock, b"tick");
     assert_eq!((r.status, r.body), (Status::Ok, b"1".to_vec()));
     assert!(ids.insert(hello.sandbox_id));
-    let t = pool.proc.transcript();
-    stop_and_check_clean(pool);
-    println!("pool transcript:\n{t}");
+    println!("pool transcript:\n{}", stop_and_check_clean(pool));
 }
 
 /// A sandbox whose VMM dies mid-invocation: the caller gets a crashed status with the
@@ -276,11 +290,17 @@ fn a_sandbox_killed_mid_invocation_is_reported_and_replaced() {
     let (r, took) = slow.join().unwrap();
     assert_eq!(r.status, Status::Crashed(Crash::Signal(9)), "{r:?}");
     let msg = String::from_utf8_lossy(&r.stderr_tail).into_owned();
-    assert!(msg.contains("husk pool:") && msg.contains("VMM exited"), "{msg}");
-    assert!(took < Duration::from_secs(15), "the crash took {took:?} to report");
+    assert!(
+        msg.contains("husk pool:") && msg.contains("VMM exited"),
+        "{msg}"
+    );
+    assert!(
+        took < Duration::from_secs(15),
+        "the crash took {took:?} to report"
+    );
     let (_, r) = invoke(&pool.sock, b"10");
     assert_eq!(r.status, Status::Ok, "{r:?}");
-    stop_and_check_clean(pool);
+    println!("pool transcript:\n{}", stop_and_check_clean(pool));
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -338,5 +358,5 @@ fn figure_pool_latency_at_1_and_5_rps() {
     }
     let st = status(&pool);
     println!("pool latency benchmark: pool state after the runs: {st}");
-    stop_and_check_clean(pool);
+    let _ = stop_and_check_clean(pool);
 }

@@ -96,6 +96,10 @@ pub trait Item: Send + 'static {
     fn pid(&self) -> u32;
     /// Whether it is still usable (its process has not exited).
     fn alive(&mut self) -> bool;
+    /// How long its restore took.
+    fn restore_time(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 impl Factory for PoolConfig {
@@ -114,6 +118,9 @@ impl Item for Sandbox {
     }
     fn alive(&mut self) -> bool {
         self.exited().is_none()
+    }
+    fn restore_time(&self) -> Duration {
+        self.restore_time
     }
 }
 
@@ -156,6 +163,8 @@ pub struct PoolStatus {
     pub restored: u64,
     /// Restores that failed.
     pub failed_restores: u64,
+    /// Mean time of the successful restores (spawn to the agent's Hello), in ms.
+    pub restore_ms_mean: u64,
     /// Ready sandboxes found dead and replaced.
     pub lost: u64,
     /// Leases returned (sandboxes destroyed after use).
@@ -175,6 +184,7 @@ struct State<T> {
     stopping: bool,
     next_id: u64,
     restored: u64,
+    restore_total: Duration,
     failed: u64,
     lost: u64,
     served: u64,
@@ -216,6 +226,7 @@ impl<F: Factory> Pool<F> {
                 stopping: false,
                 next_id: 0,
                 restored: 0,
+                restore_total: Duration::ZERO,
                 failed: 0,
                 lost: 0,
                 served: 0,
@@ -323,6 +334,11 @@ impl<F: Factory> Pool<F> {
             restoring: st.restoring,
             restored: st.restored,
             failed_restores: st.failed,
+            restore_ms_mean: st
+                .restore_total
+                .as_millis()
+                .checked_div(u128::from(st.restored))
+                .unwrap_or(0) as u64,
             lost: st.lost,
             served: st.served,
             last_error: st.last_error.clone(),
@@ -416,6 +432,7 @@ fn restorer<F: Factory>(inner: &Inner<F>) {
         let backoff = match result {
             Ok(item) => {
                 st.restored += 1;
+                st.restore_total += item.restore_time();
                 st.failures_in_row = 0;
                 if st.stopping {
                     drop(st);

@@ -37,6 +37,9 @@ impl Item for FakeItem {
     fn alive(&mut self) -> bool {
         !self.dead.load(Ordering::SeqCst)
     }
+    fn restore_time(&self) -> Duration {
+        Duration::from_millis(30)
+    }
 }
 
 impl Drop for FakeItem {
@@ -88,6 +91,7 @@ fn fills_to_size_with_bounded_restore_concurrency() {
     assert_eq!(p.wait_ready(5, Duration::from_secs(5)), 5);
     let st = p.status();
     assert_eq!((st.ready, st.busy, st.restoring, st.restored), (5, 0, 0, 5));
+    assert_eq!(st.restore_ms_mean, 30);
     assert_eq!(c.max_running.load(Ordering::SeqCst), 2);
     // It does not overfill.
     std::thread::sleep(Duration::from_millis(100));
