@@ -4,8 +4,8 @@
 //! `husk invoke`: each is answered from a fresh sandbox (a different sandbox id,
 //! restore generation 1, the counter at 1); a function that crashes and a sandbox
 //! whose VMM is killed (ready, and mid-invocation) are replaced, the caller of the
-//! killed one gets a clear crashed status, the next invocation succeeds; after SIGTERM
-//! no husk process, socket or file is left. The figure: pool invocation latency p50/p99
+//! killed one gets a clear crashed status, the next invocation succeeds; SIGTERM lets an
+//! in-flight invocation finish, then no husk process, socket or file is left. The figure: pool invocation latency p50/p99
 //! at 1 and 5 requests per second with K=2.
 //!
 //! Needs a hardware-virt KVM host (run it through `husk-testhost`), `HUSK_KERNEL` and the
@@ -300,6 +300,19 @@ fn a_sandbox_killed_mid_invocation_is_reported_and_replaced() {
     );
     let (_, r) = invoke(&pool.sock, b"10");
     assert_eq!(r.status, Status::Ok, "{r:?}");
+
+    // SIGTERM while an invocation runs: it finishes (ok), then the pool exits clean.
+    let sock = pool.sock.clone();
+    let inflight = std::thread::spawn(move || invoke(&sock, b"3000").1);
+    wait_status(&pool, "one busy", |s| s["busy"] == 1);
+    // SAFETY: kill(2) with integer arguments only.
+    unsafe { libc::kill(pool.proc.pid() as i32, libc::SIGTERM) };
+    let r = inflight.join().unwrap();
+    assert_eq!(
+        (r.status, r.body),
+        (Status::Ok, b"woke up".to_vec()),
+        "the in-flight invocation finished"
+    );
     println!("pool transcript:\n{}", stop_and_check_clean(pool));
 }
 

@@ -181,6 +181,7 @@ struct State<T> {
     ready: VecDeque<T>,
     busy: Vec<(String, u32)>,
     restoring: usize,
+    draining: bool,
     stopping: bool,
     next_id: u64,
     restored: u64,
@@ -223,6 +224,7 @@ impl<F: Factory> Pool<F> {
                 ready: VecDeque::new(),
                 busy: Vec::new(),
                 restoring: 0,
+                draining: false,
                 stopping: false,
                 next_id: 0,
                 restored: 0,
@@ -256,7 +258,7 @@ impl<F: Factory> Pool<F> {
         let start = Instant::now();
         let mut st = lock(&self.inner.state);
         loop {
-            if st.stopping {
+            if st.stopping || st.draining {
                 return Err(PoolError::Stopping);
             }
             while let Some(mut item) = st.ready.pop_front() {
@@ -361,8 +363,19 @@ impl<F: Factory> Pool<F> {
         st.ready.len()
     }
 
+    /// Refuse checkouts and start no new restores, but keep the restorer threads: a
+    /// sandbox gets `PR_SET_PDEATHSIG` from the thread that spawned it, so a restorer
+    /// thread must outlive the leases of what it restored. Call before waiting for
+    /// in-flight invocations, then [`Pool::stop`].
+    pub fn drain(&self) {
+        lock(&self.inner.state).draining = true;
+        self.inner.cv.notify_all();
+    }
+
     /// Stop: no more checkouts or restores; waits for running restores to end, then
-    /// destroys every ready item. Leases still out are destroyed when dropped.
+    /// destroys every ready item. Leases still out are destroyed when dropped (but
+    /// their sandboxes are killed with the restorer threads that spawned them: drain
+    /// and wait for the leases first).
     pub fn stop(&self) {
         lock(&self.inner.state).stopping = true;
         self.inner.cv.notify_all();
@@ -417,7 +430,7 @@ fn restorer<F: Factory>(inner: &Inner<F>) {
                 if st.stopping {
                     return;
                 }
-                if st.ready.len() + st.restoring < inner.opts.size {
+                if !st.draining && st.ready.len() + st.restoring < inner.opts.size {
                     break;
                 }
                 st = wait_timeout(&inner.cv, st, Duration::from_secs(1));

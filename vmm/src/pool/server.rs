@@ -121,6 +121,7 @@ pub fn serve(
         }
     }
     stopping.store(true, Ordering::SeqCst);
+    pool.drain();
     for t in threads {
         let _ = t.join();
     }

@@ -169,6 +169,28 @@ fn failed_restores_are_reported_and_checkout_times_out_clearly() {
 }
 
 #[test]
+fn drain_refuses_checkouts_but_keeps_leases_and_restorers() {
+    let (p, c) = pool(2, 2, 1);
+    assert_eq!(p.wait_ready(2, Duration::from_secs(5)), 2);
+    let lease = p.checkout(Duration::from_secs(5)).unwrap();
+    p.drain();
+    assert!(matches!(
+        p.checkout(Duration::from_millis(10)),
+        Err(PoolError::Stopping)
+    ));
+    // A refill that started before drain() may finish; nothing starts after.
+    std::thread::sleep(Duration::from_millis(50));
+    let before = p.status().restored;
+    std::thread::sleep(Duration::from_millis(100));
+    let st = p.status();
+    assert_eq!((st.restored, st.busy, st.restoring), (before, 1, 0));
+    assert_eq!(lock(&p.threads).len(), 2, "restorer threads still there");
+    drop(lease);
+    p.stop();
+    assert_eq!(c.alive.load(Ordering::SeqCst), 0);
+}
+
+#[test]
 fn stop_refuses_checkouts_and_size_zero_is_refused() {
     let (p, _c) = pool(1, 1, 1);
     p.stop();
