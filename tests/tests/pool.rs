@@ -302,6 +302,8 @@ fn a_sandbox_killed_mid_invocation_is_reported_and_replaced() {
     assert_eq!(r.status, Status::Ok, "{r:?}");
 
     // SIGTERM while an invocation runs: it finishes (ok), then the pool exits clean.
+    // (The previous sandbox is destroyed after its result is sent: wait for that.)
+    wait_status(&pool, "none busy", |s| s["busy"] == 0);
     let sock = pool.sock.clone();
     let inflight = std::thread::spawn(move || invoke(&sock, b"3000").1);
     wait_status(&pool, "one busy", |s| s["busy"] == 1);
