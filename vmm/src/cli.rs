@@ -125,6 +125,9 @@ pub enum Command {
     /// Cold-start figures for a function (boot, first response, round trip, memory),
     /// beside QEMU microvm booting the same kernel and initramfs.
     Bench(crate::commands::bench::BenchArgs),
+    /// Keep K sandboxes restored from a snapshot; serve each invocation on a fresh one
+    /// over a Unix socket with the agent protocol.
+    Pool(crate::commands::pool::PoolArgs),
 }
 
 /// `husk run`.
@@ -297,7 +300,7 @@ pub fn check_unsupported_flags<S: AsRef<str>>(args: &[S]) -> Result<(), CliError
         let a = a.as_ref();
         if !a.starts_with("--") {
             // A subcommand or a value: flags after a subcommand are clap's business.
-            if matches!(a, "run" | "pack" | "invoke" | "image" | "bench") {
+            if matches!(a, "run" | "pack" | "invoke" | "image" | "bench" | "pool") {
                 break;
             }
             continue;
@@ -568,6 +571,13 @@ pub fn run_main(args: Vec<String>) -> Result<i32, CliError> {
         Some(Command::Image(cmd)) => Ok(crate::commands::image::run(&cmd)),
         Some(Command::Snapshot(args)) => snapshot_command(args),
         Some(Command::Bench(args)) => Ok(crate::commands::bench::run(&args)),
+        Some(Command::Pool(args)) => {
+            init_logging(&LogArgs {
+                level: "Warning".into(),
+                ..LogArgs::default()
+            })?;
+            Ok(crate::commands::pool::main(&args))
+        }
         None => {
             let fc = cli.firecracker;
             init_logging(&fc.log)?;

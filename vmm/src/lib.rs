@@ -12,6 +12,7 @@
 //! - [`config`], [`cli`]: the configuration types (config file and API bodies) and
 //!   the command line. [`logger`], [`metrics`]: logs and metrics.
 //! - [`commands`]: subcommands that do not run a VM (`pack`, `invoke`).
+//! - [`pool`]: K sandboxes restored from a snapshot, one fresh one per invocation.
 
 pub mod api;
 pub mod arch;
@@ -24,6 +25,7 @@ pub mod device_manager;
 pub mod devices;
 pub mod logger;
 pub mod metrics;
+pub mod pool;
 pub mod seccomp;
 pub mod signals;
 pub mod snapshot;

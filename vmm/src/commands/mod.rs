@@ -8,4 +8,5 @@ pub mod bench;
 pub mod image;
 pub mod invoke;
 pub mod pack;
+pub mod pool;
 pub mod snapshot;
