@@ -5,7 +5,11 @@
 //! with the counter value from before the snapshot plus one. `kill -9` of the VMM in
 //! the middle of a create leaves no state file; a bit-flipped and a truncated state file
 //! are refused cleanly. Also: clones draw different random bytes (a 2-vCPU guest,
-//! snapshotted with a vsock connection open), and `husk snapshot create --at-ready`. Prints (benchmark, not asserted):
+//! snapshotted with a vsock connection open), `husk snapshot create --at-ready`, the
+//! API-only load (`husk --api-sock` with no config, Firecracker's `PUT /snapshot/load`
+//! body, 400s for a bad path and a second load) and a restored sandbox under
+//! `husk-jailer` (state and memory `--include`d, loaded through the jail's API socket).
+//! Prints (benchmark, not asserted):
 //! boot → first result vs restore → first result, medians, and the snapshot sizes.
 //!
 //! Needs a hardware-virt KVM host (run it through `husk-testhost`), `HUSK_KERNEL` and the
