@@ -5,7 +5,11 @@
 //! with the counter value from before the snapshot plus one. `kill -9` of the VMM in
 //! the middle of a create leaves no state file; a bit-flipped and a truncated state file
 //! are refused cleanly. Also: clones draw different random bytes (a 2-vCPU guest,
-//! snapshotted with a vsock connection open), and `husk snapshot create --at-ready`. Prints (benchmark, not asserted):
+//! snapshotted with a vsock connection open), `husk snapshot create --at-ready`, the
+//! API-only load (`husk --api-sock` with no config, Firecracker's `PUT /snapshot/load`
+//! body, 400s for a bad path and a second load) and a restored sandbox under
+//! `husk-jailer` (state and memory `--include`d, loaded through the jail's API socket).
+//! Prints (benchmark, not asserted):
 //! boot → first result vs restore → first result, medians, and the snapshot sizes.
 //!
 //! Needs a hardware-virt KVM host (run it through `husk-testhost`), `HUSK_KERNEL` and the
@@ -445,4 +449,220 @@ fn snapshot_at_ready_then_restore_serves_from_the_ready_state() {
     for f in figures {
         println!("snapshot size benchmark: {f}");
     }
+}
+
+/// One HTTP exchange on the API socket with curl: (status, body).
+fn curl_put(sock: &Path, path: &str, body: &str) -> (u16, String) {
+    let out = e2e::run_with_timeout(
+        Command::new("curl")
+            .args(["-sS", "--max-time", "60", "--unix-socket"])
+            .arg(sock)
+            .args(["-X", "PUT", "-w", "\n%{http_code}"])
+            .args([
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                body,
+            ])
+            .arg(format!("http://localhost{path}")),
+        Duration::from_secs(70),
+    )
+    .unwrap();
+    let text = out.stdout_str();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+    let code = code
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("curl PUT {path}: {text:?} {}", out.stderr_str()));
+    (code, body.to_string())
+}
+
+/// Asserts a 400 whose `fault_message` contains `needle`.
+fn assert_fault(code: u16, text: &str, needle: &str) {
+    assert_eq!(code, 400, "{text}");
+    let v: serde_json::Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+    let msg = v["fault_message"].as_str().unwrap_or_default();
+    assert!(msg.contains(needle), "{msg:?} lacks {needle:?}");
+}
+
+/// Firecracker's `PUT /snapshot/load` body.
+fn load_body(state: &Path, mem: &Path, uds: &Path) -> String {
+    serde_json::json!({
+        "snapshot_path": state,
+        "mem_backend": {"backend_type": "File", "backend_path": mem},
+        "vsock_override": {"uds_path": uds},
+        "resume_vm": true,
+    })
+    .to_string()
+}
+
+fn wait_for_socket(path: &Path, vm: &mut Spawned) {
+    let end = Instant::now() + STEP_TIMEOUT;
+    while std::os::unix::net::UnixStream::connect(path).is_err() {
+        assert!(
+            Instant::now() < end,
+            "no socket at {path:?}:\n{}",
+            vm.transcript()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Boots `fn-counter`, ticks it three times, snapshots it through the API, stops it.
+fn warmed_counter_snapshot(d: &Path, state: &Path, mem: &Path) {
+    let initrd = pack_worker(d, "fn-counter");
+    let (uds, api) = (d.join("warm.sock"), d.join("warm.api"));
+    let mut vm = boot(d, &initrd, &uds, &api);
+    for n in 1..=3 {
+        let r = invoke(&uds, &mut vm, BOOT_TIMEOUT);
+        assert_eq!((r.status, r.body), (Status::Ok, n.to_string().into_bytes()));
+    }
+    let out = snapshot_via_api(&api, state, mem);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        out.stderr_str(),
+        vm.transcript()
+    );
+    vm.kill();
+}
+
+/// The host side of a restore: `Restored`, then one tick, which must continue from
+/// the warmed counter (3).
+fn restored_then_tick(uds: &Path, vm: &mut Spawned, id: &str) {
+    let mut cfg = ClientConfig::new(uds);
+    cfg.connect_timeout = Duration::from_secs(10);
+    let mut c = AgentClient::connect_with_retry(&cfg, BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", vm.transcript()));
+    let hello = c
+        .restored(
+            husk_agent::protocol::Restored {
+                entropy_seed: vec![9; 32],
+                wall_clock_ns: 1_800_000_000_000_000_000,
+                new_sandbox_id: id.into(),
+            },
+            STEP_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", vm.transcript()));
+    assert_eq!(hello.restore_generation, 1);
+    let r = c
+        .invoke(Invoke::new(1, 10_000, b"tick".to_vec()), STEP_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", vm.transcript()));
+    assert_eq!((r.status, r.body), (Status::Ok, b"4".to_vec()));
+}
+
+/// `husk --api-sock S` with no config, then Firecracker's `PUT /snapshot/load`
+/// (`mem_backend` File, `vsock_override`, `resume_vm`): the clone serves from the
+/// warmed state. A bad path, and a second load after the first, get a 400.
+#[test]
+fn api_only_snapshot_load_restores_and_refuses_bad_loads() {
+    e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
+    e2e::find_program("curl").unwrap_or_else(|e| panic!("{e}"));
+    let dir = ScratchDir::new("snapshot-api").unwrap();
+    let d = dir.path();
+    let (state, mem) = (d.join("w.state"), d.join("w.mem"));
+    warmed_counter_snapshot(d, &state, &mem);
+
+    let (api, uds) = (d.join("load.api"), d.join("load.sock"));
+    let mut cmd = Command::new(husk());
+    cmd.arg("--api-sock").arg(&api).arg("--boot-timer");
+    let mut vm = Spawned::spawn(cmd).unwrap();
+    wait_for_socket(&api, &mut vm);
+    let (code, text) = curl_put(
+        &api,
+        "/snapshot/load",
+        &load_body(&d.join("missing.state"), &mem, &uds),
+    );
+    assert_fault(code, &text, "cannot load the snapshot");
+    let (code, text) = curl_put(&api, "/snapshot/load", &load_body(&state, &mem, &uds));
+    assert_eq!(code, 204, "{text}\n{}", vm.transcript());
+    vm.wait_for_line("snapshot loaded in", STEP_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    restored_then_tick(&uds, &mut vm, "api-clone");
+    let (code, text) = curl_put(&api, "/snapshot/load", &load_body(&state, &mem, &uds));
+    assert_eq!(code, 400, "a second load: {text}");
+    assert_fault(code, &text, "not supported after starting the microVM");
+    vm.kill();
+}
+
+/// A restored sandbox under the jailer, as a Firecracker user runs one: state and
+/// memory files `--include`d, `husk --api-sock /api.sock` in the jail, `PUT
+/// /snapshot/load` with paths inside the jail. The VMM runs as the jail uid with every
+/// thread filtered, serves from the warmed state, and the jail is removed after.
+#[test]
+fn restored_sandbox_runs_under_the_jailer() {
+    e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
+    e2e::find_program("curl").unwrap_or_else(|e| panic!("{e}"));
+    // SAFETY: geteuid takes no arguments.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "the jailer test runs as root");
+    const UID: u32 = 10125;
+    let dir = ScratchDir::new("snapshot-jail").unwrap();
+    let d = dir.path();
+    let (state, mem) = (d.join("w.state"), d.join("w.mem"));
+    warmed_counter_snapshot(d, &state, &mem);
+    // Root-owned and read-only, as the jailer wants for a hard link the jail uid reads.
+    let vmm = d.join("husk");
+    std::fs::copy(husk(), &vmm).unwrap();
+    for (f, mode) in [(&vmm, 0o555), (&state, 0o444), (&mem, 0o444)] {
+        std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    }
+    let base = d.join("jails");
+    let mut cmd = Command::new(e2e::bin("husk-jailer").unwrap_or_else(|e| panic!("{e}")));
+    cmd.args(["--id", "snap-1", "--exec-file"])
+        .arg(&vmm)
+        .args(["--uid", &UID.to_string(), "--gid", &UID.to_string()])
+        .arg("--chroot-base-dir")
+        .arg(&base)
+        .arg("--include")
+        .arg(&state)
+        .arg("--include")
+        .arg(&mem)
+        .args(["--", "--api-sock", "/api.sock", "--boot-timer"]);
+    let mut jail = Spawned::spawn(cmd).unwrap();
+    let id_dir = base.join("husk").join("snap-1");
+    let root = id_dir.join("root");
+    wait_for_socket(&root.join("api.sock"), &mut jail);
+    let body = load_body(
+        Path::new("/w.state"),
+        Path::new("/w.mem"),
+        Path::new("/v.sock"),
+    );
+    let (code, text) = curl_put(&root.join("api.sock"), "/snapshot/load", &body);
+    assert_eq!(code, 204, "{text}\n{}", jail.transcript());
+    restored_then_tick(&root.join("v.sock"), &mut jail, "jailed-clone");
+
+    let pid = std::fs::read_to_string(root.join("husk.pid"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l == format!("Uid:\t{UID}\t{UID}\t{UID}\t{UID}")),
+        "{status}"
+    );
+    let tasks: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(tasks.len() >= 2, "VMM and vCPU threads: {tasks:?}");
+    for t in &tasks {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/task/{t}/status")).unwrap();
+        assert!(
+            s.lines().any(|l| l == "Seccomp:\t2"),
+            "thread {t} is not filtered:\n{s}"
+        );
+    }
+
+    // Reboot through the agent: the VMM exits 0 and the jailer removes the jail.
+    let mut cfg = ClientConfig::new(root.join("v.sock"));
+    cfg.connect_timeout = Duration::from_secs(10);
+    AgentClient::connect(&cfg).unwrap().shutdown().unwrap();
+    let st = jail
+        .wait_exit(STEP_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(st.success(), "jailer exit {st}:\n{}", jail.transcript());
+    assert!(!id_dir.exists(), "jail directory left behind");
 }
