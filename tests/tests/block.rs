@@ -382,7 +382,7 @@ fn python_snapshot_at_ready(dir: &Path, tag: &str, img: &Path) -> (PathBuf, Path
 fn restore_clone(dir: &Path, state: &Path, mem: &Path, id: &str) -> Sandbox {
     let uds = dir.join(format!("{id}.sock"));
     let mut cmd = Command::new(e2e::bin("husk").unwrap_or_else(|e| panic!("{e}")));
-    cmd.args(["snapshot", "restore", "--snapshot-path"])
+    cmd.args(["snapshot", "restore", "--boot-timer", "--snapshot-path"])
         .arg(state)
         .arg("--mem-file-path")
         .arg(mem)
