@@ -396,6 +396,17 @@ fn restore_clone(dir: &Path, state: &Path, mem: &Path, id: &str) -> Sandbox {
     }
 }
 
+/// Wait until husk says the clone's agent acknowledged its `Restored` message (a
+/// clone booted with `husk.await_restore=1` refuses invocations before).
+fn restored(sb: &mut Sandbox) {
+    if let Err(e) = sb
+        .vm
+        .wait_for_line("agent restored (generation", BOOT_TIMEOUT)
+    {
+        panic!("{e}\n--- transcript ---\n{}", sb.vm.transcript());
+    }
+}
+
 /// The Python worker (imports.py, slow imports at start) on a read-only ext4 root,
 /// snapshotted at ready with its drive, restored into two sandboxes running at once on
 /// the same image: both answer correctly, and the image is unchanged. A snapshot whose
@@ -411,9 +422,7 @@ fn python_worker_snapshot_with_its_drive_restores_into_two_sandboxes() {
     let mut a = restore_clone(d, &state, &mem, "clone-a");
     let mut b = restore_clone(d, &state, &mem, "clone-b");
     for (sb, who) in [(&mut a, "clone-a"), (&mut b, "clone-b")] {
-        sb.vm
-            .wait_for_line("agent restored (generation", BOOT_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{who}: {e}"));
+        restored(sb);
         let r = sb.invoke(IMPORTS_EVENT);
         check_imports_answer(&r, who);
     }
@@ -490,6 +499,7 @@ fn figure_python_boot_vs_restore_first_response() {
     for i in 0..runs {
         let t = Instant::now();
         let mut sb = restore_clone(d, &state, &mem, &format!("ready{i}"));
+        restored(&mut sb);
         let r = sb.invoke(IMPORTS_EVENT);
         ready.push(t.elapsed());
         check_imports_answer(&r, "restore (at ready)");
@@ -533,6 +543,7 @@ fn figure_python_boot_vs_restore_first_response() {
     for i in 0..runs {
         let t = Instant::now();
         let mut sb = restore_clone(d, &wstate, &wmem, &format!("warm{i}"));
+        restored(&mut sb);
         let r = sb.invoke(IMPORTS_EVENT);
         warmed.push(t.elapsed());
         check_imports_answer(&r, "restore (after a first invocation)");
