@@ -252,6 +252,7 @@ pub fn build_microvm_from_snapshot(
         .map_err(BuildError::from)?;
 
     let mut vsock_dev = None;
+    let mut block_devs = Vec::new();
     for d in &state.devices.virtio {
         let dyn_dev: Arc<Mutex<dyn VirtioDevice>> = match &d.backend {
             VirtioBackendState::Vsock(s) => {
@@ -304,6 +305,7 @@ pub fn build_microvm_from_snapshot(
                         VirtioHandle::Block(dev.clone()),
                     )
                     .map_err(BuildError::from)?;
+                block_devs.push(dev.clone());
                 dev
             }
         };
@@ -338,6 +340,11 @@ pub fn build_microvm_from_snapshot(
             v.send_transport_reset()
                 .map_err(step("the vsock transport reset event"))?;
         }
+    }
+    for b in &block_devs {
+        lock(b)
+            .kick_after_restore()
+            .map_err(step("the drive interrupt"))?;
     }
     let report = RestoreReport {
         state_us,

@@ -86,4 +86,19 @@ impl Block {
         dev.set_acked_features(state.acked_features);
         Ok(dev)
     }
+
+    /// After a restore, with the vCPUs' LAPICs loaded: raise the used-ring interrupt of
+    /// an active drive. A completion whose interrupt was still on its way into KVM when
+    /// the snapshot was taken is otherwise lost, and the guest waits on that request
+    /// forever; a spurious interrupt is harmless (the driver finds nothing new). Requests
+    /// the guest had queued but the device had not yet served are picked up by the queue
+    /// notification the activation writes.
+    pub fn kick_after_restore(&self) -> Result<(), BlockError> {
+        if !self.is_activated() {
+            return Ok(());
+        }
+        self.interrupt()
+            .trigger(crate::devices::virtio::VIRTIO_MMIO_INT_VRING)
+            .map_err(BlockError::Interrupt)
+    }
 }

@@ -582,3 +582,28 @@ fn random_guest_memory_never_panics_or_grows_the_image() {
     // The plausible half really reached the parser.
     assert!(served > 100, "only {served} chains were served");
 }
+
+#[test]
+fn kick_after_restore_raises_the_used_ring_interrupt_only_when_active() {
+    let t = image();
+    let idle = Block::restore(None, &drive(&t, true).save()).unwrap();
+    idle.kick_after_restore().unwrap();
+    assert!(
+        idle.interrupt().irq_evt.read().is_err(),
+        "idle drive signalled"
+    );
+    let m = mem();
+    let vq = MockSplitQueue::new(&m, 16);
+    let mut b = drive(&t, true);
+    b.activate(m.clone(), vec![vq.create_queue().unwrap()])
+        .unwrap();
+    b.kick_after_restore().unwrap();
+    assert_eq!(b.interrupt().irq_evt.read().unwrap(), 1);
+    assert_ne!(
+        b.interrupt()
+            .irq_status
+            .load(std::sync::atomic::Ordering::SeqCst)
+            & crate::devices::virtio::VIRTIO_MMIO_INT_VRING,
+        0
+    );
+}
