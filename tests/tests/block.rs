@@ -120,7 +120,7 @@ impl Sandbox {
 
     fn invoke(&mut self, payload: &[u8]) -> InvokeResult {
         let mut c = self.client(STEP_TIMEOUT);
-        let inv = Invoke::new(1, 20_000, payload.to_vec());
+        let inv = Invoke::new(1, 50_000, payload.to_vec());
         match c.invoke(inv, STEP_TIMEOUT) {
             Ok(r) => r,
             Err(e) => panic!(
