@@ -6,7 +6,12 @@
 //! image is unchanged afterwards; a read-write root keeps what the guest wrote (read back
 //! on the host with debugfs after a clean shutdown); a Python function (Debian's
 //! python3 and the stdlib files it needs, laid out by runtimes/python/build-rootfs.py,
-//! the worker shim runtimes/python/husk_worker.py, functions/python/echo.py) answers.
+//! the worker shim runtimes/python/husk_worker.py, functions/python/echo.py) answers;
+//! the Python worker running functions/python/imports.py, snapshotted with
+//! `husk snapshot create --at-ready` together with its read-only root drive, restores
+//! into two sandboxes at once that both answer correctly (and a restore whose image is
+//! gone is refused, naming it). Figure (ignored, run by tests/run-e2e.sh): Python boot ->
+//! first response vs restore -> first response, p50 of HUSK_PY_RUNS (default 5) each.
 //!
 //! Needs a hardware-virt KVM host (run it through `husk-testhost`), `HUSK_KERNEL`, the
 //! static binaries (`scripts/build.sh`: husk, husk-agent, fn-echo), busybox-static and
