@@ -71,12 +71,7 @@ pub fn save_state(vmm: &Vmm) -> Result<MicrovmState, CreateError> {
         let backend = match &d.device {
             VirtioHandle::Vsock(v) => VirtioBackendState::Vsock(lock(v).save()),
             VirtioHandle::Entropy(v) => VirtioBackendState::Entropy(lock(v).save()),
-            VirtioHandle::Block(_) => {
-                return Err(CreateError::Device(
-                    d.id.clone(),
-                    "snapshots of microVMs with drives are not supported yet: boot the function from an initramfs to snapshot it".into(),
-                ))
-            }
+            VirtioHandle::Block(v) => VirtioBackendState::Block(lock(v).save()),
             #[cfg(test)]
             VirtioHandle::Other(_) => {
                 return Err(CreateError::Device(d.id.clone(), "not saveable".into()))

@@ -18,6 +18,7 @@ pub mod restore;
 use serde::{Deserialize, Serialize};
 
 use crate::devices::legacy::persist::SerialDeviceState;
+use crate::devices::virtio::block::persist::BlockState;
 use crate::devices::virtio::mmio_persist::MmioTransportState;
 use crate::devices::virtio::rng::persist::EntropyState;
 use crate::devices::virtio::vsock::persist::VsockState;
@@ -103,12 +104,14 @@ pub enum VirtioBackendState {
     Vsock(VsockState),
     /// virtio-rng.
     Entropy(EntropyState),
+    /// virtio-blk (one per drive; the image is reopened from its saved path).
+    Block(BlockState),
 }
 
 /// One virtio-mmio device: id, transport (common config + queues) and backend.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VirtioDeviceState {
-    /// Resource id (`vsock`, `entropy`).
+    /// Resource id (`vsock`, `entropy`, a drive id).
     pub id: String,
     /// The transport.
     pub transport: MmioTransportState,

@@ -10,6 +10,8 @@ use vmm_sys_util::eventfd::EventFd;
 use super::Persist;
 use crate::devices::legacy::persist::{SerialDeviceState, SerialRestoreError};
 use crate::devices::legacy::{ConsoleSink, SerialDevice};
+use crate::devices::virtio::block::persist::BlockState;
+use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::rng::persist::EntropyState;
 use crate::devices::virtio::rng::{Entropy, EntropyError};
 use crate::devices::virtio::vsock::persist::VsockState;
@@ -68,5 +70,18 @@ impl Persist for Entropy {
     }
     fn restore((): (), state: &EntropyState) -> Result<Self, EntropyError> {
         Entropy::restore(state)
+    }
+}
+
+impl Persist for Block {
+    type State = BlockState;
+    /// Open this image instead of the saved path (`None`: the saved path).
+    type Args = Option<PathBuf>;
+    type Error = BlockError;
+    fn save(&self) -> Result<BlockState, BlockError> {
+        Ok(Block::save(self))
+    }
+    fn restore(path: Option<PathBuf>, state: &BlockState) -> Result<Self, BlockError> {
+        Block::restore(path.as_deref(), state)
     }
 }

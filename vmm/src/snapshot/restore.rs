@@ -17,6 +17,7 @@ use crate::arch::x86_64::layout::{self, SERIAL_IRQ, SERIAL_PORT_BASE};
 use crate::builder::{console_sink, host_memory_mib, BuildError, ConsoleConfig, MAX_VCPUS};
 use crate::device_manager::{DeviceManager, LegacyHandle, VirtioHandle};
 use crate::devices::legacy::{BootMarker, SerialDevice, I8042, I8042_PORTS};
+use crate::devices::virtio::block::Block;
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::rng::Entropy;
 use crate::devices::virtio::vsock::Vsock;
@@ -251,6 +252,7 @@ pub fn build_microvm_from_snapshot(
         .map_err(BuildError::from)?;
 
     let mut vsock_dev = None;
+    let mut block_devs = Vec::new();
     for d in &state.devices.virtio {
         let dyn_dev: Arc<Mutex<dyn VirtioDevice>> = match &d.backend {
             VirtioBackendState::Vsock(s) => {
@@ -287,6 +289,25 @@ pub fn build_microvm_from_snapshot(
                     .map_err(BuildError::from)?;
                 dev
             }
+            VirtioBackendState::Block(s) => {
+                // Same attach order as the boot, so the drive gets its saved MMIO
+                // window and IRQ (the guest's driver already knows them).
+                let dev = Arc::new(Mutex::new(
+                    <Block as Persist>::restore(None, s).map_err(step("a drive"))?,
+                ));
+                devices
+                    .attach_virtio(
+                        vm.fd(),
+                        &mem,
+                        em,
+                        &d.id,
+                        dev.clone(),
+                        VirtioHandle::Block(dev.clone()),
+                    )
+                    .map_err(BuildError::from)?;
+                block_devs.push(dev.clone());
+                dev
+            }
         };
         let transport = MmioTransport::restore(mem.clone(), dyn_dev, &d.transport)
             .map_err(step("a virtio transport"))?;
@@ -319,6 +340,11 @@ pub fn build_microvm_from_snapshot(
             v.send_transport_reset()
                 .map_err(step("the vsock transport reset event"))?;
         }
+    }
+    for b in &block_devs {
+        lock(b)
+            .kick_after_restore()
+            .map_err(step("the drive interrupt"))?;
     }
     let report = RestoreReport {
         state_us,

@@ -48,6 +48,8 @@ pub enum BlockError {
 #[derive(Debug)]
 pub struct Block {
     pub(super) id: String,
+    /// The image's host path (saved with a snapshot so a restore reopens it).
+    pub(super) path: PathBuf,
     pub(super) serial: [u8; VIRTIO_BLK_ID_BYTES],
     pub(super) file: File,
     pub(super) read_only: bool,
@@ -86,6 +88,7 @@ impl Block {
         serial[..n].copy_from_slice(&id.as_bytes()[..n]);
         Ok(Self {
             id: id.to_string(),
+            path: path.to_path_buf(),
             serial,
             file,
             read_only,
@@ -102,6 +105,11 @@ impl Block {
     /// The drive id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The image's host path.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Whether the drive is read-only.

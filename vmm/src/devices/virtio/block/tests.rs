@@ -402,7 +402,7 @@ fn persist_round_trip_and_validation() {
     let state = b.save();
     let json = serde_json::to_string(&state).unwrap();
     let back: BlockState = serde_json::from_str(&json).unwrap();
-    let restored = Block::restore(t.as_path(), &back).unwrap();
+    let restored = Block::restore(None, &back).unwrap();
     assert_eq!(restored.save(), state);
     // A different image size is refused.
     let bigger = BlockState {
@@ -410,7 +410,7 @@ fn persist_round_trip_and_validation() {
         ..state.clone()
     };
     assert!(matches!(
-        Block::restore(t.as_path(), &bigger),
+        Block::restore(Some(t.as_path()), &bigger),
         Err(BlockError::BadState(_))
     ));
     // Features never offered (FLUSH is, RO is not on a read-write drive; bit 0 never).
@@ -419,7 +419,7 @@ fn persist_round_trip_and_validation() {
         ..state.clone()
     };
     assert!(matches!(
-        Block::restore(t.as_path(), &bad),
+        Block::restore(Some(t.as_path()), &bad),
         Err(BlockError::BadState(_))
     ));
     let bad_id = BlockState {
@@ -427,7 +427,7 @@ fn persist_round_trip_and_validation() {
         ..state.clone()
     };
     assert!(matches!(
-        Block::restore(t.as_path(), &bad_id),
+        Block::restore(Some(t.as_path()), &bad_id),
         Err(BlockError::BadState(_))
     ));
     let rw_with_ro = BlockState {
@@ -435,7 +435,68 @@ fn persist_round_trip_and_validation() {
         ..state
     };
     assert!(matches!(
-        Block::restore(t.as_path(), &rw_with_ro),
+        Block::restore(Some(t.as_path()), &rw_with_ro),
+        Err(BlockError::BadState(_))
+    ));
+}
+
+#[test]
+fn persist_save_restore_save_is_equal_and_honours_read_only() {
+    let t = image();
+    for ro in [true, false] {
+        let mut b = drive(&t, ro);
+        b.set_acked_features(b.avail_features());
+        let state = b.save();
+        assert_eq!(state.path, t.as_path());
+        assert_eq!(state.read_only, ro);
+        // Through the state file's encoding, as a snapshot stores it.
+        let bytes = crate::snapshot::format::encode(&state).unwrap();
+        let back: BlockState = crate::snapshot::format::decode(&bytes).unwrap();
+        let restored = Block::restore(None, &back).unwrap();
+        assert_eq!(restored.save(), state);
+        assert_eq!(restored.is_read_only(), ro);
+        assert_eq!(restored.path(), t.as_path());
+    }
+    // A read-only drive's file is reopened read-only: a write through it fails.
+    let restored = Block::restore(None, &drive(&t, true).save()).unwrap();
+    use std::os::unix::fs::FileExt;
+    assert!(restored.file.write_at(&[0], 0).is_err());
+}
+
+#[test]
+fn persist_restore_refuses_missing_or_resized_image_by_name() {
+    let t = image();
+    let state = drive(&t, true).save();
+    let missing = BlockState {
+        path: "/nonexistent/husk/rootfs.ext4".into(),
+        ..state.clone()
+    };
+    let e = Block::restore(None, &missing).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("/nonexistent/husk/rootfs.ext4") && msg.contains("missing"),
+        "{msg}"
+    );
+    assert!(msg.contains(&format!("drive {}", state.id)), "{msg}");
+    // The image grew by one sector since the snapshot.
+    t.as_file().set_len(SECTORS * 512 + 512).unwrap();
+    let e = Block::restore(None, &state).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&format!("{} usable bytes", SECTORS * 512 + 512))
+            && msg.contains(&format!("expects {}", SECTORS * 512)),
+        "{msg}"
+    );
+    // An override path is used instead of the saved one (and checked the same way).
+    let other = image();
+    let r = Block::restore(Some(other.as_path()), &missing).unwrap();
+    assert_eq!(r.path(), other.as_path());
+    let empty = BlockState {
+        path: "".into(),
+        ..state
+    };
+    assert!(matches!(
+        Block::restore(Some(other.as_path()), &empty),
         Err(BlockError::BadState(_))
     ));
 }
@@ -520,4 +581,29 @@ fn random_guest_memory_never_panics_or_grows_the_image() {
     }
     // The plausible half really reached the parser.
     assert!(served > 100, "only {served} chains were served");
+}
+
+#[test]
+fn kick_after_restore_raises_the_used_ring_interrupt_only_when_active() {
+    let t = image();
+    let idle = Block::restore(None, &drive(&t, true).save()).unwrap();
+    idle.kick_after_restore().unwrap();
+    assert!(
+        idle.interrupt().irq_evt.read().is_err(),
+        "idle drive signalled"
+    );
+    let m = mem();
+    let vq = MockSplitQueue::new(&m, 16);
+    let mut b = drive(&t, true);
+    b.activate(m.clone(), vec![vq.create_queue().unwrap()])
+        .unwrap();
+    b.kick_after_restore().unwrap();
+    assert_eq!(b.interrupt().irq_evt.read().unwrap(), 1);
+    assert_ne!(
+        b.interrupt()
+            .irq_status
+            .load(std::sync::atomic::Ordering::SeqCst)
+            & crate::devices::virtio::VIRTIO_MMIO_INT_VRING,
+        0
+    );
 }
