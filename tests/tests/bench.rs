@@ -2,9 +2,9 @@
 //! `husk bench --runs 3 --json --plot FILE` must boot real guests and report every
 //! figure it claims (boot -> ready, boot -> first response, invoke round trip, VMM memory
 //! overhead, the husk / QEMU microvm peer pair, snapshot create time and file sizes,
-//! restore -> ready, restore -> first response) with sane order statistics and the
-//! restore / boot first-response ratio, list the pool (not in this build) as skipped
-//! with a reason and no numbers, state the environment, and draw a non-trivial SVG.
+//! restore -> ready, restore -> first response, pool invocation latency at 1 and 5
+//! requests per second with K=2) with sane order statistics and the restore / boot
+//! first-response ratio, state the environment, and draw a non-trivial SVG.
 //!
 //! This is a test of the command, not a benchmark: the figures it sees are not printed
 //! as figures (scripts/bench prints them). Needs a hardware-virt KVM host (run it through
@@ -36,7 +36,9 @@ const MEASURED: [&str; 12] = [
     "restore_to_ready",
     "restore_to_first_response",
 ];
-const NOT_IN_THIS_BUILD: [&str; 1] = ["pool_invoke_latency"];
+/// Pool figure: one scenario per rate, each POOL_INVOCATIONS samples, K=2.
+const POOL_RATES: [f64; 2] = [1.0, 5.0];
+const POOL_INVOCATIONS: u64 = 8;
 const MEM_MIB: f64 = 128.0;
 
 fn scenario<'a>(report: &'a Value, id: &str) -> &'a Value {
@@ -54,7 +56,10 @@ fn f(v: &Value) -> f64 {
 
 /// Check a measured scenario's summary against its samples; returns the samples.
 fn check_measured(report: &Value, id: &str, n: u64) -> Vec<f64> {
-    let s = scenario(report, id);
+    check_scenario(scenario(report, id), id, n)
+}
+
+fn check_scenario(s: &Value, id: &str, n: u64) -> Vec<f64> {
     assert_eq!(s["status"], "measured", "{id}: {s:#}");
     assert!(s["reason"].is_null(), "{id}: {s:#}");
     let m = &s["summary"];
@@ -101,6 +106,8 @@ fn husk_bench_json_holds_every_figure_and_the_plot_is_drawn() {
         .arg(e2e::bin("husk-agent").unwrap_or_else(|e| panic!("{e}")))
         .args(["--mode", "worker", "--runs", &RUNS.to_string()])
         .args(["--invocations", &INVOCATIONS.to_string()])
+        .args(["--pool-rate", "1,5", "--pool-size", "2"])
+        .args(["--pool-invocations", &POOL_INVOCATIONS.to_string()])
         .arg("--peer-initrd")
         .arg(e2e::fixture("peer-init.cpio").unwrap_or_else(|e| panic!("{e}")))
         .args(["--peer-marker", "HUSK-TEST-INIT: hello from the guest"])
@@ -232,38 +239,70 @@ fn husk_bench_json_holds_every_figure_and_the_plot_is_drawn() {
     assert!(ratio > 0.0, "{ratio}");
     eprintln!("restore / boot first response p50 ratio in this run: {ratio:.3}");
 
-    for id in NOT_IN_THIS_BUILD {
-        let s = scenario(&report, id);
-        assert_eq!(s["status"], "skipped", "{id}: {s:#}");
+    // The pool: one measured scenario per rate, in the order given, each with K=2 and
+    // every invocation answered; a pooled invocation (connect -> result on a sandbox
+    // restored ahead) is at least the length of a round trip on an open connection.
+    let pools: Vec<&Value> = report["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["id"] == "pool_invoke_latency")
+        .collect();
+    assert_eq!(pools.len(), POOL_RATES.len(), "{report:#}");
+    let rtt_min = f(&rtt["summary"]["min"]);
+    for (s, rate) in pools.iter().zip(POOL_RATES) {
+        assert_eq!(s["rate_per_s"].as_f64(), Some(rate), "{s:#}");
+        assert_eq!(s["pool_size"].as_u64(), Some(2), "{s:#}");
         assert!(
-            s["reason"]
+            s["title"]
                 .as_str()
                 .unwrap()
-                .starts_with("not available in this build"),
-            "{id}: {s:#}"
+                .contains(&format!("{rate} req/s")),
+            "{s:#}"
         );
-        assert!(
-            s["summary"].is_null() && s["samples"].as_array().unwrap().is_empty(),
-            "{id}: no numbers: {s:#}"
+        let v = check_scenario(s, "pool_invoke_latency", POOL_INVOCATIONS);
+        assert!(v.iter().all(|&ms| ms >= rtt_min), "{v:?} vs rtt {rtt_min}");
+        eprintln!(
+            "pool K=2 at {rate} req/s: p50 {:.1} ms, p99 {:.1} ms",
+            f(&s["summary"]["p50"]),
+            f(&s["summary"]["p99"])
         );
     }
+    assert!(
+        stderr.contains("pool at 5 req/s, K=2"),
+        "pool progress: {stderr}"
+    );
+    assert_eq!(report["config"]["pool_size"].as_u64(), Some(2));
     assert_eq!(
         report["scenarios"].as_array().unwrap().len(),
-        MEASURED.len() + NOT_IN_THIS_BUILD.len()
+        MEASURED.len() + POOL_RATES.len()
+    );
+    assert!(
+        report["scenarios"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["status"] == "measured"),
+        "every figure measured: {report:#}"
     );
 
     let text = std::fs::read_to_string(&svg)
         .unwrap_or_else(|e| panic!("no SVG at {}: {e}", svg.display()));
     assert!(text.len() > 5_000, "SVG too small: {} bytes", text.len());
     assert!(text.starts_with("<svg"), "{}", &text[..text.len().min(200)]);
-    // One panel per measured latency figure (8; memory and sizes are not latencies)
-    // with a point per sample.
+    // One panel per measured latency figure (10: 8, and the pool at 2 rates; memory and
+    // sizes are not latencies) with a point per sample.
     assert!(
         text.contains("invoke round trip")
             && text.contains("QEMU microvm")
-            && text.contains("restore -"),
+            && text.contains("restore -")
+            && text.contains("pool invocation latency at 1 req/s")
+            && text.contains("pool invocation latency at 5 req/s"),
         "panels missing"
     );
     let points = text.matches("<circle").count() as u64;
-    assert!(points >= 7 * RUNS + INVOCATIONS, "{points} points");
+    assert!(
+        points >= 7 * RUNS + INVOCATIONS + 2 * POOL_INVOCATIONS,
+        "{points} points"
+    );
 }

@@ -6,10 +6,12 @@
 //! new figure (snapshot, restore, pool) plugs in as a variant here, its measurement in
 //! [`scenarios`], and its arm in [`run_scenarios`]. Figures are summarized by
 //! [`stats`] (nearest-rank percentiles), printed by [`report`] as a table or JSON
-//! (schema `husk-bench/2`), and drawn by [`plot`].
+//! (schema `husk-bench/2`), and drawn by [`plot`]. The pool figure ([`pool`]) is one
+//! scenario per `--pool-rate`, all with the id `pool_invoke_latency`.
 
 pub mod env;
 pub mod plot;
+pub mod pool;
 mod proc;
 pub mod report;
 pub mod scenarios;
@@ -41,7 +43,9 @@ vmm_memory_overhead, boot_to_init_line and peer_qemu_boot_to_init_line (with
 --peer-initrd), snapshot_create, snapshot_state_size, snapshot_memory_apparent,
 snapshot_memory_allocated (a sandbox snapshotted at ready, --runs times),
 restore_to_ready, restore_to_first_response (--runs restores of that snapshot, each a
-fresh `husk snapshot restore`), pool_invoke_latency (skipped: no pool in this build).
+fresh `husk snapshot restore`), pool_invoke_latency (one per --pool-rate: `husk pool
+--size K` on that snapshot, --pool-invocations requests sent open loop at the rate,
+each timed from connect to result, so a pool that falls behind shows queueing).
 Each figure: min / p50 / p90 / p99 / max, nearest-rank percentiles. Also printed: the
 ratio restore -> first response p50 / boot -> first response p50. Snapshots are what
 worker mode is for: give --mode worker to measure a warmed worker.
@@ -105,6 +109,16 @@ pub struct BenchArgs {
     /// The husk binary to benchmark (default: this one).
     #[arg(long)]
     pub husk: Option<PathBuf>,
+    /// Request rates (per second, comma-separated) for the pool latency figure; one
+    /// figure per rate.
+    #[arg(long, value_delimiter = ',', default_value = "1,5", value_parser = pool::parse_rate)]
+    pub pool_rate: Vec<f64>,
+    /// Sandboxes the pool keeps ready (K) in the pool latency figure.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub pool_size: u64,
+    /// Invocations sent at each --pool-rate.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub pool_invocations: u32,
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
@@ -189,7 +203,7 @@ pub enum ScenarioId {
     RestoreToReady,
     /// Restore -> first response.
     RestoreToFirstResponse,
-    /// Pool invocation latency at a request rate (not in this build).
+    /// Pool invocation latency at a request rate (one scenario per rate).
     PoolInvokeLatency,
 }
 
@@ -288,18 +302,10 @@ impl ScenarioId {
             ),
             Self::PoolInvokeLatency => (
                 "pool_invoke_latency",
-                "pool invocation latency",
+                "pool invocation latency (connect -> result, open loop)",
                 "husk",
                 "ms",
             ),
-        }
-    }
-
-    /// Why this build cannot measure it, if it cannot.
-    pub fn unavailable(self) -> Option<&'static str> {
-        match self {
-            Self::PoolInvokeLatency => Some("not available in this build: husk has no pool yet"),
-            _ => None,
         }
     }
 
@@ -365,13 +371,24 @@ struct Plan {
     peer: Option<PeerPlan>,
     runs: u32,
     invocations: u32,
+    pool: pool::PoolPlan,
+}
+
+/// One pool scenario: `pool_invoke_latency` at `rate` req/s with `size` sandboxes.
+fn pool_scenario(rate: f64, size: usize, s: Scenario) -> Scenario {
+    let mut s = s;
+    s.title =
+        format!("pool invocation latency at {rate} req/s, K={size} (connect -> result, open loop)");
+    s.rate_per_s = Some(rate);
+    s.pool_size = Some(size);
+    s
 }
 
 /// Run every scenario of `plan`, reporting progress.
 fn run_scenarios(plan: &Plan) -> Vec<Scenario> {
     let peer_steps = if plan.peer.is_some() { 2 } else { 0 };
     let mut progress = Progress {
-        total: u64::from(plan.runs) * (3 + peer_steps) + 10,
+        total: u64::from(plan.runs) * (3 + peer_steps) + 10 + plan.pool.rates.len() as u64,
         done: 0,
         tty: std::io::stderr().is_terminal(),
     };
@@ -441,13 +458,16 @@ fn run_scenarios(plan: &Plan) -> Vec<Scenario> {
         ScenarioId::RestoreToReady,
         ScenarioId::RestoreToFirstResponse,
     ];
+    let pool_id = ScenarioId::PoolInvokeLatency;
+    let (pool_size, rates) = (plan.pool.size, &plan.pool.rates);
+    let mut pool_out: Vec<Scenario> = Vec::new();
     match snaps {
         Err(e) => {
             for id in snap_ids {
                 out.insert(id.meta().0, id.failed(&e));
             }
             let why = format!("no snapshot to restore: {}", error_chain(&e));
-            for id in restore_ids {
+            for id in restore_ids.into_iter().chain([pool_id]) {
                 let (i, title, vmm, unit) = id.meta();
                 out.insert(i, Scenario::failed(i, title, Some(vmm), unit, why.clone()));
             }
@@ -481,7 +501,6 @@ fn run_scenarios(plan: &Plan) -> Vec<Scenario> {
                     }
                 }
             }
-            scenarios::remove_snapshot(&files);
             for (id, samples) in restore_ids.into_iter().zip([ready, first]) {
                 let s = match &err {
                     Some(e) => id.failed(e),
@@ -489,6 +508,31 @@ fn run_scenarios(plan: &Plan) -> Vec<Scenario> {
                 };
                 out.insert(id.meta().0, s);
             }
+            // The pool serves the same snapshot, one rate after another.
+            match plan.husk.pool_latency(&files, &plan.pool, |r| {
+                progress.step(&format!(
+                    "pool at {} req/s, K={pool_size}: {} invocations in {:.1} s",
+                    r.rate,
+                    r.latencies_ms.len(),
+                    r.span_s
+                ))
+            }) {
+                Ok(runs) => {
+                    for r in runs {
+                        pool_out.push(pool_scenario(
+                            r.rate,
+                            pool_size,
+                            pool_id.measured(r.latencies_ms),
+                        ));
+                    }
+                }
+                Err(e) => {
+                    for &rate in rates {
+                        pool_out.push(pool_scenario(rate, pool_size, pool_id.failed(&e)));
+                    }
+                }
+            }
+            scenarios::remove_snapshot(&files);
         }
     }
     // The peer pair, interleaved so both VMMs see the same conditions.
@@ -539,15 +583,26 @@ fn run_scenarios(plan: &Plan) -> Vec<Scenario> {
         }
     }
     progress.finish();
-    ScenarioId::ALL
-        .iter()
-        .map(|id| match id.unavailable() {
-            Some(why) => id.skipped(why.into()),
-            None => out
-                .remove(id.meta().0)
-                .unwrap_or_else(|| id.skipped("not run".into())),
-        })
-        .collect()
+    let mut all = Vec::new();
+    for id in ScenarioId::ALL {
+        if id == pool_id && !pool_out.is_empty() {
+            all.append(&mut pool_out);
+            continue;
+        }
+        let s = out.remove(id.meta().0);
+        // Without a snapshot the pool was not run: one failed row per rate.
+        if id == pool_id {
+            let s = s.unwrap_or_else(|| id.skipped("not run".into()));
+            all.extend(
+                rates
+                    .iter()
+                    .map(|&r| pool_scenario(r, pool_size, s.clone())),
+            );
+            continue;
+        }
+        all.push(s.unwrap_or_else(|| id.skipped("not run".into())));
+    }
+    all
 }
 
 /// Pack the function (or take `--initrd`) into `dir`; returns the initramfs path.
@@ -625,6 +680,11 @@ fn bench(args: &BenchArgs) -> Result<i32, BenchError> {
             }),
             runs: args.runs,
             invocations: args.invocations,
+            pool: pool::PoolPlan {
+                size: args.pool_size as usize,
+                rates: args.pool_rate.clone(),
+                invocations: args.pool_invocations,
+            },
         };
         let environment = env::detect(qemu.as_deref());
         if environment.kvm != "hardware" {
@@ -658,6 +718,9 @@ fn bench(args: &BenchArgs) -> Result<i32, BenchError> {
                 ),
                 mem_mib: args.mem_mib,
                 peer_initrd: args.peer_initrd.as_ref().map(|p| p.display().to_string()),
+                pool_size: Some(args.pool_size as usize),
+                pool_rates: Some(args.pool_rate.clone()),
+                pool_invocations: Some(args.pool_invocations),
             },
             scenarios,
             ratios,

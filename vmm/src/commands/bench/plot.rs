@@ -132,6 +132,10 @@ mod tests {
             "no boot panel"
         );
         assert!(svg.contains("invoke round trip"));
+        assert!(
+            svg.contains("pool invocation latency at 5 req/s"),
+            "no pool panel"
+        );
         assert!(!svg.contains("restore"));
         assert!(svg.matches("<circle").count() >= 5, "one point per sample");
     }

@@ -74,6 +74,11 @@ impl Guest {
         self.started
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn keep(&mut self, at: Duration, line: String) {
         if self.transcript.len() == TRANSCRIPT_LINES {
             self.transcript.pop_front();

@@ -13,16 +13,22 @@
 //!                    "husk_version": "0.1.0", "qemu": "/usr/bin/qemu-system-x86_64"|null },
 //!   "config": { "runs": 5, "invocations": 100, "kernel": "...", "function": "..."|null,
 //!               "mode": "exec"|"worker"|null, "initrd": "...", "mem_mib": 128,
-//!               "peer_initrd": "..."|null },
+//!               "peer_initrd": "..."|null,
+//!               "pool_size": 2, "pool_rates": [1.0, 5.0], "pool_invocations": 20 },
 //!   "scenarios": [ { "id": "boot_to_ready", "title": "...", "vmm": "husk"|"qemu-microvm"|null,
 //!                    "unit": "ms"|"KiB"|"bytes", "status": "measured"|"skipped"|"failed",
 //!                    "reason": "..."|null,            // why skipped or failed
 //!                    "summary": { "n", "min", "p50", "p90", "p99", "max", "mean" }|null,
-//!                    "samples": [ ... ] } ],
+//!                    "samples": [ ... ],
+//!                    "rate_per_s": 5.0, "pool_size": 2 } ],  // pool_invoke_latency only
 //!   "ratios": { "restore_vs_boot_first_response_p50": 0.2|null } }
 //!              // restore_to_first_response p50 / boot_to_first_response p50, this run;
 //!              // null unless both were measured
 //! ```
+//! `pool_invoke_latency` appears once per request rate (`rate_per_s`), each with its
+//! own samples (connect to the pool -> result, open-loop arrivals); the config's pool
+//! fields and these two were added within version 2 (older readers' reports still
+//! parse: they default to null / absent).
 //! A `measured` scenario has a summary over its samples; a `skipped` one (a feature not
 //! in this build, no QEMU) and a `failed` one have a reason and no numbers.
 
@@ -128,6 +134,15 @@ pub struct RunConfig {
     pub mem_mib: u64,
     /// The initramfs both VMMs boot for the peer comparison.
     pub peer_initrd: Option<String>,
+    /// The pool figure's K.
+    #[serde(default)]
+    pub pool_size: Option<usize>,
+    /// The pool figure's request rates, per second.
+    #[serde(default)]
+    pub pool_rates: Option<Vec<f64>>,
+    /// Invocations per pool rate.
+    #[serde(default)]
+    pub pool_invocations: Option<u32>,
 }
 
 /// Whether a scenario has numbers.
@@ -162,6 +177,12 @@ pub struct Scenario {
     pub summary: Option<Summary>,
     /// Every sample, in measurement order (measured only).
     pub samples: Vec<f64>,
+    /// The offered request rate, per second (pool scenarios only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_s: Option<f64>,
+    /// The pool size K (pool scenarios only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_size: Option<usize>,
 }
 
 impl Scenario {
@@ -215,6 +236,8 @@ impl Scenario {
             reason: None,
             summary: None,
             samples: Vec::new(),
+            rate_per_s: None,
+            pool_size: None,
         }
     }
 }
@@ -345,6 +368,9 @@ pub(super) mod tests {
                 initrd: "/tmp/f.cpio".into(),
                 mem_mib: 128,
                 peer_initrd: None,
+                pool_size: Some(2),
+                pool_rates: Some(vec![5.0]),
+                pool_invocations: Some(3),
             },
             scenarios: vec![
                 Scenario::measured(
@@ -375,6 +401,18 @@ pub(super) mod tests {
                     "ms",
                     "QEMU exited with status 1".into(),
                 ),
+                {
+                    let mut s = Scenario::measured(
+                        "pool_invoke_latency",
+                        "pool invocation latency at 5 req/s, K=2",
+                        Some("husk"),
+                        "ms",
+                        vec![40.0, 52.5, 61.0],
+                    );
+                    s.rate_per_s = Some(5.0);
+                    s.pool_size = Some(2);
+                    s
+                },
             ],
             ratios: Ratios {
                 restore_vs_boot_first_response_p50: Some(0.25),
@@ -407,6 +445,28 @@ pub(super) mod tests {
             .unwrap()
             .contains("not available in this build"));
         assert_eq!(v["scenarios"][3]["status"], "failed");
+        // Only the pool scenario carries its rate and K.
+        let pool = &v["scenarios"][4];
+        assert_eq!(pool["id"], "pool_invoke_latency");
+        assert_eq!(
+            (pool["rate_per_s"].as_f64(), pool["pool_size"].as_u64()),
+            (Some(5.0), Some(2))
+        );
+        assert_eq!(pool["summary"]["p50"], 52.5);
+        assert!(s0.get("rate_per_s").is_none() && s0.get("pool_size").is_none());
+        assert_eq!(v["config"]["pool_rates"], serde_json::json!([5.0]));
+        // A report written before the pool fields existed still parses.
+        let mut old = v.clone();
+        for k in ["pool_size", "pool_rates", "pool_invocations"] {
+            old["config"].as_object_mut().unwrap().remove(k);
+        }
+        old["scenarios"][4]
+            .as_object_mut()
+            .unwrap()
+            .remove("rate_per_s");
+        let old: Report = serde_json::from_value(old).unwrap();
+        assert_eq!(old.config.pool_size, None);
+        assert_eq!(old.scenarios[4].rate_per_s, None);
         // Unknown fields are refused: a reader of schema 2 sees exactly schema 2.
         let mut extra = v.clone();
         extra["surprise"] = serde_json::json!(1);
@@ -459,6 +519,14 @@ pub(super) mod tests {
             .find(|l| l.starts_with("QEMU microvm"))
             .unwrap();
         assert!(fail.contains("FAILED: QEMU exited"), "{fail}");
+        let pool = lines
+            .iter()
+            .find(|l| l.starts_with("pool invocation latency at 5 req/s, K=2"))
+            .unwrap();
+        assert!(
+            pool.contains("40.0") && pool.contains("52.5") && pool.contains("61.0"),
+            "{pool}"
+        );
         assert!(r.any_failed());
         // Columns line up: every figure row has its unit at the same offset.
         let ratio = lines.last().unwrap();

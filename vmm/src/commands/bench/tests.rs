@@ -82,24 +82,62 @@ fn validation_names_the_missing_file_and_exits_2() {
 }
 
 #[test]
-fn every_scenario_has_a_unique_id_and_only_the_pool_is_skipped() {
+fn every_scenario_has_a_unique_id_and_a_unit() {
     let ids: Vec<&str> = ScenarioId::ALL.iter().map(|s| s.meta().0).collect();
     let mut unique = ids.clone();
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), ids.len());
+    assert!(ids.contains(&"pool_invoke_latency"));
     for id in ScenarioId::ALL {
         let (name, _, _, unit) = id.meta();
         assert!(["ms", "KiB", "bytes"].contains(&unit), "{name}");
-        let future = name.starts_with("pool");
-        assert_eq!(id.unavailable().is_some(), future, "{name}");
-        if let Some(why) = id.unavailable() {
-            let s = id.skipped(why.into());
-            assert_eq!(s.status, report::Status::Skipped);
-            assert!(s.summary.is_none() && s.samples.is_empty());
-            assert!(why.starts_with("not available in this build"));
-        }
     }
+}
+
+#[test]
+fn pool_flags_default_to_k2_at_1_and_5_per_second() {
+    let b = parse("husk bench --kernel /k --initrd /i").unwrap();
+    assert_eq!(
+        (b.pool_rate.clone(), b.pool_size, b.pool_invocations),
+        (vec![1.0, 5.0], 2, 20)
+    );
+    let b = parse("husk bench --kernel /k --initrd /i --pool-rate 0.5,2,10 --pool-size 3 --pool-invocations 7").unwrap();
+    assert_eq!(
+        (b.pool_rate, b.pool_size, b.pool_invocations),
+        (vec![0.5, 2.0, 10.0], 3, 7)
+    );
+    for bad in [
+        "--pool-rate 0",
+        "--pool-rate 1,x",
+        "--pool-size 0",
+        "--pool-invocations 0",
+    ] {
+        let e = parse(&format!("husk bench --kernel /k --initrd /i {bad}")).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            clap::error::ErrorKind::ValueValidation,
+            "{bad}: {e}"
+        );
+    }
+}
+
+#[test]
+fn each_pool_rate_is_its_own_scenario_with_its_rate_in_the_title() {
+    let s = pool_scenario(
+        5.0,
+        2,
+        ScenarioId::PoolInvokeLatency.measured(vec![1.0, 2.0]),
+    );
+    assert_eq!(s.id, "pool_invoke_latency");
+    assert_eq!((s.rate_per_s, s.pool_size), (Some(5.0), Some(2)));
+    assert!(
+        s.title
+            .starts_with("pool invocation latency at 5 req/s, K=2"),
+        "{}",
+        s.title
+    );
+    assert_eq!(s.status, report::Status::Measured);
 }
 
 #[test]
