@@ -1,6 +1,8 @@
 //! `husk pool`: keep `--size` sandboxes restored from a snapshot and serve invocations
 //! on a Unix socket with the agent protocol, one fresh sandbox per invocation (see
-//! [`crate::pool`]). SIGTERM/SIGINT: stop accepting, finish in-flight invocations,
+//! [`crate::pool`]). Given `--function` instead of `--snapshot`, it first boots the
+//! function, optionally warms it with one invocation, and snapshots it into the work
+//! directory ([`crate::pool::prepare`]); those files go at exit unless `--keep-snapshot`. SIGTERM/SIGINT: stop accepting, finish in-flight invocations,
 //! destroy every sandbox, remove the socket, the status file and the work directory,
 //! exit 0.
 
@@ -14,18 +16,43 @@ use husk_agent::config::DEFAULT_PORT;
 use husk_agent::sync::error_chain;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::pool::prepare::FunctionSpec;
 use crate::pool::server::{serve, ServeOptions};
 use crate::pool::{Pool, PoolConfig, PoolOptions};
 
 /// `husk pool` flags.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["snapshot", "function"])))]
 pub struct PoolArgs {
     /// The snapshot state file (`husk snapshot create`).
-    #[arg(long)]
-    pub snapshot: PathBuf,
+    #[arg(long, requires = "mem")]
+    pub snapshot: Option<PathBuf>,
     /// The snapshot memory file.
-    #[arg(long)]
-    pub mem: PathBuf,
+    #[arg(long, requires = "snapshot")]
+    pub mem: Option<PathBuf>,
+    /// Instead of a snapshot: a function's initramfs (`husk pack`) to boot, warm (with
+    /// --warm-payload) and snapshot into the work directory first.
+    #[arg(long, requires = "kernel", conflicts_with = "snapshot")]
+    pub function: Option<PathBuf>,
+    /// Guest kernel for --function.
+    #[arg(long, requires = "function")]
+    pub kernel: Option<PathBuf>,
+    /// Guest memory in MiB for --function.
+    #[arg(long, default_value_t = 128, requires = "function")]
+    pub mem_mib: u64,
+    /// A `husk run --drive` for --function (repeatable; passed to husk run as given).
+    #[arg(long = "drive", requires = "function")]
+    pub drives: Vec<String>,
+    /// With --function: one invocation with this payload before the snapshot (it must
+    /// answer ok); the guest then boots with husk.reuse=1 instead of husk.await_restore=1.
+    #[arg(long, requires = "function")]
+    pub warm_payload: Option<String>,
+    /// With --function: keep the snapshot files (and the work directory) at exit.
+    #[arg(long, requires = "function")]
+    pub keep_snapshot: bool,
+    /// With --function: bound on the boot and the warm-up, in seconds.
+    #[arg(long, default_value_t = 120, requires = "function")]
+    pub boot_timeout_secs: u64,
     /// Sandboxes kept restored and ready (K).
     #[arg(long, default_value_t = 2)]
     pub size: usize,
@@ -78,17 +105,26 @@ pub enum PoolCliError {
     /// Setup.
     #[error("cannot {0}")]
     Setup(&'static str, #[source] std::io::Error),
+    /// Inconsistent flags.
+    #[error("{0}")]
+    Usage(&'static str),
 }
 
 struct Cleanup {
     socket: PathBuf,
     status: Option<PathBuf>,
     work_dir: Option<PathBuf>,
+    /// Snapshot files the pool made itself (--function without --keep-snapshot).
+    snapshot: Option<(PathBuf, PathBuf)>,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.socket);
+        if let Some((s, m)) = &self.snapshot {
+            let _ = std::fs::remove_file(s);
+            let _ = std::fs::remove_file(m);
+        }
         if let Some(s) = &self.status {
             let _ = std::fs::remove_file(s);
         }
@@ -107,7 +143,10 @@ fn write_status(path: &Path, json: &str) {
 
 /// Run `husk pool`; returns the exit status.
 pub fn run(args: &PoolArgs) -> Result<i32, PoolCliError> {
-    for p in [&args.snapshot, &args.mem] {
+    for p in [&args.snapshot, &args.mem, &args.function, &args.kernel]
+        .into_iter()
+        .flatten()
+    {
         std::fs::metadata(p).map_err(|e| PoolCliError::Snapshot(p.clone(), e))?;
     }
     let husk_bin = match &args.husk_bin {
@@ -129,6 +168,50 @@ pub fn run(args: &PoolArgs) -> Result<i32, PoolCliError> {
         socket: args.socket.clone(),
         status: args.status_file.clone(),
         work_dir: created.then(|| work_dir.clone()),
+        snapshot: None,
+    };
+    let (snapshot_path, mem_path) = match (&args.snapshot, &args.mem, &args.function) {
+        (Some(s), Some(m), _) => (s.clone(), m.clone()),
+        (_, _, Some(f)) => {
+            let spec = FunctionSpec {
+                husk_bin: husk_bin.clone(),
+                kernel: args.kernel.clone().unwrap_or_default(),
+                initrd: f.clone(),
+                mem_mib: args.mem_mib,
+                drives: args.drives.clone(),
+                warm_payload: args.warm_payload.clone().map(String::into_bytes),
+                boot_timeout: Duration::from_secs(args.boot_timeout_secs),
+                no_seccomp: args.no_seccomp,
+            };
+            eprintln!(
+                "husk pool: booting {}{} and snapshotting it into {}",
+                f.display(),
+                if spec.warm_payload.is_some() {
+                    ", warming it with one invocation,"
+                } else {
+                    " to its ready marker"
+                },
+                work_dir.display()
+            );
+            let p = spec.snapshot(&work_dir)?;
+            eprintln!(
+                "husk pool: snapshot made in {} ms: {} and {}",
+                p.took.as_millis(),
+                p.state.display(),
+                p.mem.display()
+            );
+            if args.keep_snapshot {
+                cleanup.work_dir = None;
+            } else {
+                cleanup.snapshot = Some((p.state.clone(), p.mem.clone()));
+            }
+            (p.state, p.mem)
+        }
+        _ => {
+            return Err(PoolCliError::Usage(
+                "give --snapshot with --mem, or --function with --kernel",
+            ))
+        }
     };
     let listener = std::os::unix::net::UnixListener::bind(&args.socket)
         .map_err(|e| PoolCliError::Bind(args.socket.clone(), e))?;
@@ -137,8 +220,8 @@ pub fn run(args: &PoolArgs) -> Result<i32, PoolCliError> {
     crate::signals::install_term_handlers(&stop)
         .map_err(|e| PoolCliError::Setup("install the SIGTERM/SIGINT handlers", e))?;
     let cfg = PoolConfig {
-        snapshot_path: args.snapshot.clone(),
-        mem_path: args.mem.clone(),
+        snapshot_path: snapshot_path.clone(),
+        mem_path: mem_path.clone(),
         husk_bin,
         work_dir: work_dir.clone(),
         restore_timeout: Duration::from_millis(args.restore_timeout_ms),
@@ -157,7 +240,7 @@ pub fn run(args: &PoolArgs) -> Result<i32, PoolCliError> {
         "husk pool: serving on {} with {} sandbox(es) from {}",
         args.socket.display(),
         args.size,
-        args.snapshot.display()
+        snapshot_path.display()
     );
     let opts = ServeOptions {
         port: args.port,
@@ -196,7 +279,15 @@ pub fn run(args: &PoolArgs) -> Result<i32, PoolCliError> {
         // A work directory the user gave is kept; the sandboxes removed their files.
         cleanup.work_dir = None;
     }
+    let kept = cleanup.snapshot.is_none() && args.function.is_some();
     drop(cleanup);
+    if kept {
+        eprintln!(
+            "husk pool: kept the snapshot: {} and {}",
+            snapshot_path.display(),
+            mem_path.display()
+        );
+    }
     eprintln!(
         "husk pool: stopped; {} restored, {} served, {} failed restores",
         st.restored, st.served, st.failed_restores
@@ -212,5 +303,79 @@ pub fn main(args: &PoolArgs) -> i32 {
             eprintln!("husk pool: {}", error_chain(&e));
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn parse(s: &str) -> Result<PoolArgs, clap::Error> {
+        let argv: Vec<&str> = s.split_whitespace().collect();
+        match Cli::try_parse_from(argv)?.command {
+            Some(Command::Pool(p)) => Ok(p),
+            other => panic!("expected pool, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_or_a_function_is_required_not_both() {
+        let p = parse("husk pool --snapshot /s --mem /m --socket /p.sock").unwrap();
+        assert_eq!(p.snapshot.as_deref(), Some(Path::new("/s")));
+        assert!(p.function.is_none() && !p.keep_snapshot);
+        let p = parse(
+            "husk pool --function /f.cpio --kernel /k --warm-payload tick --drive path=/r.ext4,root,ro --keep-snapshot --socket /p.sock",
+        )
+        .unwrap();
+        assert_eq!(
+            (p.function.as_deref(), p.kernel.as_deref()),
+            (Some(Path::new("/f.cpio")), Some(Path::new("/k")))
+        );
+        assert_eq!(p.warm_payload.as_deref(), Some("tick"));
+        assert_eq!(p.drives, ["path=/r.ext4,root,ro"]);
+        assert!(p.keep_snapshot);
+        for bad in [
+            "husk pool --socket /p.sock",
+            "husk pool --snapshot /s --socket /p.sock",
+            "husk pool --function /f --socket /p.sock",
+            "husk pool --function /f --kernel /k --snapshot /s --mem /m --socket /p.sock",
+            "husk pool --snapshot /s --mem /m --warm-payload x --socket /p.sock",
+            "husk pool --snapshot /s --mem /m --keep-snapshot --socket /p.sock",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_function_that_cannot_boot_is_a_clear_error_and_leaves_no_files() {
+        let dir = std::env::temp_dir().join(format!("husk-pool-prep-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // `false` stands in for husk: the snapshot command exits 1 at once.
+        let spec = FunctionSpec {
+            husk_bin: "/bin/false".into(),
+            kernel: "/k".into(),
+            initrd: "/f.cpio".into(),
+            mem_mib: 128,
+            drives: vec![],
+            warm_payload: None,
+            boot_timeout: Duration::from_secs(1),
+            no_seccomp: false,
+        };
+        let e = spec.snapshot(&dir).unwrap_err();
+        let msg = error_chain(&e);
+        assert!(
+            msg.contains("cannot make the pool's snapshot")
+                && msg.contains("--at-ready exited with exit status: 1"),
+            "{msg}"
+        );
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        assert!(
+            left.iter().all(|e| e.file_name() == "function-boot.log"),
+            "{left:?}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -10,9 +10,12 @@
 //!   --skip-handshake` process (the one restore path) that the pool sends `Restored`.
 //! - [`invoke`] runs one invocation on a leased sandbox and turns a VMM that died or
 //!   hung into a clear [`InvokeFailure`].
+//! - [`prepare`] boots a function, optionally warms it, and snapshots it for a pool
+//!   given a function instead of a snapshot.
 //! - [`server`] serves callers on a Unix socket with the agent protocol (`husk pool`).
 
 pub mod invoke;
+pub mod prepare;
 pub mod sandbox;
 pub mod server;
 
@@ -61,6 +64,9 @@ pub enum PoolError {
     /// Bad configuration.
     #[error("{0}")]
     Config(String),
+    /// Booting, warming or snapshotting the function failed.
+    #[error("cannot make the pool's snapshot of the function: {0}")]
+    Prepare(String),
 }
 
 /// What the real pool needs to restore sandboxes.

@@ -48,17 +48,7 @@ impl Sandbox {
         if cfg.no_seccomp {
             cmd.arg("--no-seccomp");
         }
-        // SAFETY: the closure runs in the child between fork and exec and only calls
-        // prctl(2), which is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                // The sandbox dies with the pool (even on SIGKILL of the pool).
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| PoolError::Spawn(cfg.husk_bin.clone(), e))?;
@@ -133,6 +123,21 @@ impl Drop for Sandbox {
         let _ = self.child.kill();
         let _ = self.child.wait();
         remove_files(&self.work_dir, &self.id);
+    }
+}
+
+/// Make the child of `cmd` die with the thread that spawns it (`PR_SET_PDEATHSIG`),
+/// even on SIGKILL of the pool.
+pub(super) fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure runs in the child between fork and exec and only calls
+    // prctl(2), which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
