@@ -35,8 +35,8 @@ fn husk() -> PathBuf {
     e2e::bin("husk").unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Pack `function` as a worker, boot it, snapshot at ready; returns (state, mem).
-fn snapshot(d: &Path, function: &str) -> (PathBuf, PathBuf) {
+/// Pack `function` as a worker into `d`; returns the initramfs.
+fn pack_worker(d: &Path, function: &str) -> PathBuf {
     let spec = PackSpec {
         agent: e2e::bin("husk-agent").unwrap_or_else(|e| panic!("{e}")),
         function: e2e::bin(function).unwrap_or_else(|e| panic!("{e}")),
@@ -50,6 +50,12 @@ fn snapshot(d: &Path, function: &str) -> (PathBuf, PathBuf) {
     };
     let initrd = d.join(format!("{function}.cpio"));
     std::fs::write(&initrd, pack(&spec).unwrap()).unwrap();
+    initrd
+}
+
+/// Pack `function` as a worker, boot it, snapshot at ready; returns (state, mem).
+fn snapshot(d: &Path, function: &str) -> (PathBuf, PathBuf) {
+    let initrd = pack_worker(d, function);
     let (state, mem) = (
         d.join(format!("{function}.state")),
         d.join(format!("{function}.mem")),
@@ -82,15 +88,27 @@ struct PoolRun {
 }
 
 fn start_pool(d: &Path, tag: &str, state: &Path, mem: &Path, size: usize) -> PoolRun {
+    let mut src = vec![
+        "--snapshot".into(),
+        state.as_os_str().to_owned(),
+        "--mem".into(),
+        mem.as_os_str().to_owned(),
+    ];
+    src.push("--size".into());
+    src.push(size.to_string().into());
+    start_pool_with(d, tag, &src)
+}
+
+/// `husk pool` with `src` (where the snapshot comes from, the size) and the test's
+/// socket, status file and work directory.
+fn start_pool_with(d: &Path, tag: &str, src: &[std::ffi::OsString]) -> PoolRun {
     let sock = d.join(format!("{tag}.sock"));
     let status = d.join(format!("{tag}.status.json"));
     let work = d.join(format!("{tag}-work"));
     let mut cmd = Command::new(husk());
-    cmd.args(["pool", "--snapshot"])
-        .arg(state)
-        .arg("--mem")
-        .arg(mem)
-        .args(["--size", &size.to_string(), "--socket"])
+    cmd.arg("pool")
+        .args(src)
+        .arg("--socket")
         .arg(&sock)
         .arg("--status-file")
         .arg(&status)
@@ -266,6 +284,52 @@ fn pool_serves_each_invocation_on_a_fresh_sandbox_and_leaves_nothing() {
     assert_eq!((r.status, r.body), (Status::Ok, b"1".to_vec()));
     assert!(ids.insert(hello.sandbox_id));
     println!("pool transcript:\n{}", stop_and_check_clean(pool));
+}
+
+/// `husk pool --function`: the pool boots the packed worker, warms it with one
+/// invocation, snapshots it into its work directory and serves from that snapshot:
+/// every sandbox answers 2 (the warm-up's count is in the snapshot) with restore
+/// generation 1 and its own id; after SIGTERM the snapshot files are gone with the work
+/// directory, and no process is left.
+#[test]
+fn pool_boots_warms_and_snapshots_a_function_first() {
+    e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
+    let dir = ScratchDir::new("pool-fn").unwrap();
+    let d = dir.path();
+    let initrd = pack_worker(d, "fn-counter");
+    let src: Vec<std::ffi::OsString> = vec![
+        "--function".into(),
+        initrd.into_os_string(),
+        "--kernel".into(),
+        e2e::kernel()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_os_string(),
+        "--warm-payload".into(),
+        "tick".into(),
+        "--size".into(),
+        "2".into(),
+    ];
+    let mut pool = start_pool_with(d, "fn", &src);
+    let snap = pool.work.join("function.state");
+    assert!(snap.exists() && pool.work.join("function.mem").exists());
+    let t = pool.proc.transcript();
+    assert!(
+        t.contains("warming it with one invocation") && t.contains("snapshot made in"),
+        "{t}"
+    );
+    let mut ids = HashSet::new();
+    for i in 0..4 {
+        let (hello, r) = invoke(&pool.sock, b"tick");
+        assert_eq!(
+            (r.status, r.body.clone()),
+            (Status::Ok, b"2".to_vec()),
+            "invocation {i}: the warm-up counted 1 before the snapshot"
+        );
+        assert_eq!(hello.restore_generation, 1, "invocation {i}");
+        assert!(ids.insert(hello.sandbox_id.clone()), "invocation {i}");
+    }
+    println!("pool transcript:\n{}", stop_and_check_clean(pool));
+    assert!(!snap.exists(), "the snapshot the pool made is left");
 }
 
 /// A sandbox whose VMM dies mid-invocation: the caller gets a crashed status with the
