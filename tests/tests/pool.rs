@@ -332,6 +332,113 @@ fn pool_boots_warms_and_snapshots_a_function_first() {
     assert!(!snap.exists(), "the snapshot the pool made is left");
 }
 
+/// `husk pool --jailer`: every sandbox runs under husk-jailer with its own jail root
+/// (the vsock socket inside it) and cgroup, as the jail uid; the pool serves fresh
+/// sandboxes through them, and after SIGTERM no process, jail directory, socket or
+/// cgroup is left.
+#[test]
+fn a_jailed_pool_serves_and_leaves_no_jail_or_cgroup() {
+    e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
+    // SAFETY: geteuid takes no arguments.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "the jailer test runs as root");
+    const UID: u32 = 10123;
+    let dir = ScratchDir::new("pool-jail").unwrap();
+    let d = dir.path();
+    let (state, mem) = snapshot(d, "fn-counter");
+    let src: Vec<std::ffi::OsString> = vec![
+        "--snapshot".into(),
+        state.into_os_string(),
+        "--mem".into(),
+        mem.into_os_string(),
+        "--size".into(),
+        "2".into(),
+        "--jailer".into(),
+        e2e::bin("husk-jailer")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_os_string(),
+        "--jail-uid".into(),
+        UID.to_string().into(),
+        "--jail-gid".into(),
+        UID.to_string().into(),
+        "--jail-cgroup".into(),
+        "pids.max=256".into(),
+    ];
+    let pool = start_pool_with(d, "jail", &src);
+    let jails = pool.work.join("jails").join("husk");
+    let cgroups = Path::new("/sys/fs/cgroup/husk");
+    let prefix = format!("pool{}-", pool.proc.pid());
+    // Two ready sandboxes, each in its own jail and cgroup, the VMM as the jail uid.
+    let st = status(&pool);
+    let ready: Vec<String> = st["sandboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ready.len(), 2, "{st}");
+    for id in &ready {
+        let root = jails.join(id).join("root");
+        assert!(
+            root.join("v.sock").exists(),
+            "no socket in the jail of {id}"
+        );
+        let pid = std::fs::read_to_string(root.join("husk.pid"))
+            .unwrap()
+            .trim()
+            .to_string();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        assert!(
+            status
+                .lines()
+                .any(|l| l == format!("Uid:\t{UID}\t{UID}\t{UID}\t{UID}")),
+            "{status}"
+        );
+        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        assert!(cg.contains(&format!("/husk/{id}")), "{id}: {cg}");
+        assert_eq!(
+            std::fs::read_to_string(cgroups.join(id).join("pids.max"))
+                .unwrap()
+                .trim(),
+            "256"
+        );
+    }
+    let mut ids = HashSet::new();
+    for i in 0..4 {
+        let (hello, r) = invoke(&pool.sock, b"tick");
+        assert_eq!(
+            (r.status, r.body.clone()),
+            (Status::Ok, b"1".to_vec()),
+            "{i}"
+        );
+        assert_eq!(hello.restore_generation, 1);
+        assert!(ids.insert(hello.sandbox_id.clone()), "{i}");
+    }
+    // A served sandbox's jail and cgroup are gone once it is destroyed.
+    wait_status(&pool, "none busy", |s| s["busy"] == 0);
+    for id in &ids {
+        assert!(!jails.join(id).exists(), "jail of served {id} left");
+        assert!(!cgroups.join(id).exists(), "cgroup of served {id} left");
+    }
+    let work = pool.work.clone();
+    println!("pool transcript:\n{}", stop_and_check_clean(pool));
+    let left = processes_with(&prefix);
+    assert!(left.is_empty(), "jailed processes left: {left:?}");
+    assert!(
+        !work.exists(),
+        "the work directory (with the jails) is left"
+    );
+    let cg_left: Vec<String> = std::fs::read_dir(cgroups)
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(cg_left.is_empty(), "cgroups left: {cg_left:?}");
+}
+
 /// A sandbox whose VMM dies mid-invocation: the caller gets a crashed status with the
 /// pool's message (never a hang), the next invocation succeeds.
 #[test]

@@ -18,7 +18,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::pool::prepare::FunctionSpec;
 use crate::pool::server::{serve, ServeOptions};
-use crate::pool::{Pool, PoolConfig, PoolOptions};
+use crate::pool::{JailOptions, Pool, PoolConfig, PoolOptions};
 
 /// `husk pool` flags.
 #[derive(Debug, Args)]
@@ -88,6 +88,23 @@ pub struct PoolArgs {
     /// Disable the sandboxes' seccomp filters (debugging only).
     #[arg(long)]
     pub no_seccomp: bool,
+    /// Run every sandbox under this husk-jailer (as root): its own jail root and
+    /// cgroup, removed when the sandbox is destroyed. The husk binary must be static.
+    #[arg(long, value_name = "HUSK_JAILER")]
+    pub jailer: Option<PathBuf>,
+    /// Uid the jailed VMMs run as.
+    #[arg(long, default_value_t = 10123, requires = "jailer")]
+    pub jail_uid: u32,
+    /// Gid the jailed VMMs run as.
+    #[arg(long, default_value_t = 10123, requires = "jailer")]
+    pub jail_gid: u32,
+    /// Where the jails go (--chroot-base-dir; default: <work dir>/jails).
+    #[arg(long, requires = "jailer")]
+    pub jail_base_dir: Option<PathBuf>,
+    /// A cgroup setting for every jailed sandbox, CTRL.FILE=VALUE (repeatable; each
+    /// sandbox gets its own cgroup with or without one).
+    #[arg(long = "jail-cgroup", requires = "jailer")]
+    pub jail_cgroups: Vec<String>,
 }
 
 /// Errors of `husk pool`.
@@ -219,7 +236,27 @@ pub fn run(args: &PoolArgs) -> Result<i32, PoolCliError> {
         EventFd::new(EFD_NONBLOCK).map_err(|e| PoolCliError::Setup("create an eventfd", e))?;
     crate::signals::install_term_handlers(&stop)
         .map_err(|e| PoolCliError::Setup("install the SIGTERM/SIGINT handlers", e))?;
+    let jail = match &args.jailer {
+        None => None,
+        Some(j) => {
+            std::fs::metadata(j).map_err(|e| PoolCliError::Snapshot(j.clone(), e))?;
+            let base = args
+                .jail_base_dir
+                .clone()
+                .unwrap_or_else(|| work_dir.join("jails"));
+            std::fs::create_dir_all(&base)
+                .map_err(|e| crate::pool::PoolError::WorkDir(base.clone(), e))?;
+            Some(JailOptions {
+                jailer: j.clone(),
+                uid: args.jail_uid,
+                gid: args.jail_gid,
+                chroot_base: base,
+                cgroups: args.jail_cgroups.clone(),
+            })
+        }
+    };
     let cfg = PoolConfig {
+        jail,
         snapshot_path: snapshot_path.clone(),
         mem_path: mem_path.clone(),
         husk_bin,
@@ -274,6 +311,10 @@ pub fn run(args: &PoolArgs) -> Result<i32, PoolCliError> {
     drop(pool);
     if let Some(p) = &args.status_file {
         let _ = std::fs::remove_file(p.with_extension("tmp"));
+    }
+    if args.jailer.is_some() && args.jail_base_dir.is_none() {
+        // Each jailer removed its jail; the base directory goes if nothing else is in it.
+        let _ = std::fs::remove_dir(work_dir.join("jails"));
     }
     if !created {
         // A work directory the user gave is kept; the sandboxes removed their files.

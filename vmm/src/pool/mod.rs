@@ -84,6 +84,26 @@ pub struct PoolConfig {
     pub restore_timeout: Duration,
     /// Pass --no-seccomp to the sandboxes (debugging only).
     pub no_seccomp: bool,
+    /// Run every sandbox under `husk-jailer`.
+    pub jail: Option<JailOptions>,
+}
+
+/// How pooled sandboxes are jailed: each runs as `husk-jailer --id <sandbox id> ...
+/// -- snapshot restore ...` in the foreground, with its own jail root
+/// `<chroot_base>/<husk binary name>/<id>/root` (the snapshot files `--include`d, its
+/// vsock socket inside) and its own cgroup, both removed by the jailer when the VMM exits.
+#[derive(Debug, Clone)]
+pub struct JailOptions {
+    /// The husk-jailer binary.
+    pub jailer: PathBuf,
+    /// Unprivileged uid and gid the VMM runs as.
+    pub uid: u32,
+    /// See `uid`.
+    pub gid: u32,
+    /// `--chroot-base-dir` of every jail.
+    pub chroot_base: PathBuf,
+    /// `--cgroup CTRL.FILE=VALUE` settings for every sandbox.
+    pub cgroups: Vec<String>,
 }
 
 /// Restores one pool item.

@@ -116,7 +116,7 @@ impl FunctionSpec {
             .stdout(Stdio::null())
             .stderr(log_file)
             .process_group(0);
-        die_with_parent(cmd);
+        die_with_parent(cmd, libc::SIGKILL);
         cmd.spawn()
             .map_err(|e| PoolError::Spawn(self.husk_bin.clone(), e))
             .inspect_err(|_| log::error!("pool: cannot start {what}"))

@@ -2,6 +2,7 @@
 //! restore path), the pool's own `Restored` handshake through its vsock socket, and its
 //! destruction (process killed and reaped, sockets and files removed).
 
+use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -24,6 +25,8 @@ pub struct Sandbox {
     pub restore_time: Duration,
     child: Child,
     work_dir: PathBuf,
+    /// The jail's `<id>` directory, when jailed (removed by the jailer).
+    jail_dir: Option<PathBuf>,
 }
 
 impl Sandbox {
@@ -31,24 +34,56 @@ impl Sandbox {
     /// `cfg.restore_timeout`.
     pub fn restore(cfg: &PoolConfig, id: &str) -> Result<Self, PoolError> {
         let start = Instant::now();
-        let uds = cfg.work_dir.join(format!("{id}.sock"));
-        let mut cmd = Command::new(&cfg.husk_bin);
-        cmd.args(["snapshot", "restore", "--skip-handshake", "--snapshot-path"])
-            .arg(&cfg.snapshot_path)
-            .arg("--mem-file-path")
-            .arg(&cfg.mem_path)
-            .arg("--vsock-uds")
-            .arg(&uds)
-            .args(["--sandbox-id", id, "--console", "null"])
-            .stdin(Stdio::null())
+        let (mut cmd, uds, jail_dir) = match &cfg.jail {
+            None => {
+                let uds = cfg.work_dir.join(format!("{id}.sock"));
+                let mut cmd = Command::new(&cfg.husk_bin);
+                cmd.args(restore_args(
+                    &cfg.snapshot_path,
+                    &cfg.mem_path,
+                    &uds,
+                    id,
+                    cfg.no_seccomp,
+                ));
+                die_with_parent(&mut cmd, libc::SIGKILL);
+                (cmd, uds, None)
+            }
+            Some(j) => {
+                let name = cfg.husk_bin.file_name().unwrap_or_default();
+                let id_dir = j.chroot_base.join(name).join(id);
+                let uds = id_dir.join("root").join("v.sock");
+                let file = |p: &Path| Path::new("/").join(p.file_name().unwrap_or_default());
+                let mut cmd = Command::new(&j.jailer);
+                cmd.args(["--id", id, "--exec-file"])
+                    .arg(&cfg.husk_bin)
+                    .args(["--uid", &j.uid.to_string(), "--gid", &j.gid.to_string()])
+                    .arg("--chroot-base-dir")
+                    .arg(&j.chroot_base)
+                    .arg("--include")
+                    .arg(&cfg.snapshot_path)
+                    .arg("--include")
+                    .arg(&cfg.mem_path);
+                for c in &j.cgroups {
+                    cmd.args(["--cgroup", c]);
+                }
+                cmd.arg("--").args(restore_args(
+                    &file(&cfg.snapshot_path),
+                    &file(&cfg.mem_path),
+                    Path::new("/v.sock"),
+                    id,
+                    cfg.no_seccomp,
+                ));
+                // SIGTERM, not SIGKILL: the jailer forwards it to the VMM and removes the
+                // jail and the cgroup before it exits.
+                die_with_parent(&mut cmd, libc::SIGTERM);
+                (cmd, uds, Some(id_dir))
+            }
+        };
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             // Its own process group: a terminal's Ctrl-C for the pool does not stop a
             // sandbox mid-invocation; the pool stops them itself.
             .process_group(0);
-        if cfg.no_seccomp {
-            cmd.arg("--no-seccomp");
-        }
-        die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| PoolError::Spawn(cfg.husk_bin.clone(), e))?;
@@ -66,6 +101,7 @@ impl Sandbox {
             restore_time: Duration::ZERO,
             child,
             work_dir: cfg.work_dir.clone(),
+            jail_dir,
         };
         // On any failure below, `sb` is dropped: killed, reaped, files removed.
         let mut client = sb.connect(start + cfg.restore_timeout)?;
@@ -118,22 +154,68 @@ impl Sandbox {
     }
 }
 
+/// How long a jailer gets to stop its VMM and remove the jail after SIGTERM.
+const JAIL_STOP: Duration = Duration::from_secs(10);
+
 impl Drop for Sandbox {
     fn drop(&mut self) {
+        if let Some(dir) = &self.jail_dir {
+            // The jailer forwards SIGTERM to the VMM, then removes the jail root and the
+            // cgroup; SIGKILL only if it does not finish in time.
+            if self.child.try_wait().ok().flatten().is_none() {
+                // SAFETY: kill(2) on our own child, not yet reaped.
+                unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+                let end = Instant::now() + JAIL_STOP;
+                while self.child.try_wait().ok().flatten().is_none() && Instant::now() < end {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            if dir.exists() {
+                log::warn!(
+                    "pool: the jailer of sandbox {} left {}; removing it",
+                    self.id,
+                    dir.display()
+                );
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            return;
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         remove_files(&self.work_dir, &self.id);
     }
 }
 
-/// Make the child of `cmd` die with the thread that spawns it (`PR_SET_PDEATHSIG`),
-/// even on SIGKILL of the pool.
-pub(super) fn die_with_parent(cmd: &mut Command) {
+/// `husk snapshot restore` flags of one pooled sandbox (paths as the VMM sees them).
+fn restore_args(state: &Path, mem: &Path, uds: &Path, id: &str, no_seccomp: bool) -> Vec<OsString> {
+    let mut a: Vec<OsString> = ["snapshot", "restore", "--skip-handshake", "--snapshot-path"]
+        .iter()
+        .map(OsString::from)
+        .collect();
+    a.push(state.into());
+    a.push("--mem-file-path".into());
+    a.push(mem.into());
+    a.push("--vsock-uds".into());
+    a.push(uds.into());
+    for s in ["--sandbox-id", id, "--console", "null"] {
+        a.push(s.into());
+    }
+    if no_seccomp {
+        a.push("--no-seccomp".into());
+    }
+    a
+}
+
+/// Send the child of `cmd` `signal` when the thread that spawns it ends
+/// (`PR_SET_PDEATHSIG`), even on SIGKILL of the pool.
+pub(super) fn die_with_parent(cmd: &mut Command, signal: libc::c_int) {
     // SAFETY: the closure runs in the child between fork and exec and only calls
     // prctl(2), which is async-signal-safe.
     unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
