@@ -252,9 +252,11 @@ pub fn run(args: &PoolArgs) -> Result<i32, PoolCliError> {
                 gid: args.jail_gid,
                 chroot_base: base,
                 cgroups: args.jail_cgroups.clone(),
+                parent_cgroup: format!("husk-pool-{}", std::process::id()),
             })
         }
     };
+    let jail_parent = jail.as_ref().map(|j| j.parent_cgroup.clone());
     let cfg = PoolConfig {
         jail,
         snapshot_path: snapshot_path.clone(),
@@ -311,6 +313,9 @@ pub fn run(args: &PoolArgs) -> Result<i32, PoolCliError> {
     drop(pool);
     if let Some(p) = &args.status_file {
         let _ = std::fs::remove_file(p.with_extension("tmp"));
+    }
+    if let Some(j) = &jail_parent {
+        crate::pool::remove_parent_cgroup(j);
     }
     if args.jailer.is_some() && args.jail_base_dir.is_none() {
         // Each jailer removed its jail; the base directory goes if nothing else is in it.

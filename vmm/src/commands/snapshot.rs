@@ -172,7 +172,8 @@ fn api_request(
     Ok((status, body))
 }
 
-fn api_call(
+/// One API request that must answer 200 or 204 (`what` names it in the error).
+pub fn api_call(
     sock: &Path,
     what: &'static str,
     method: &str,

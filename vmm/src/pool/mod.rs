@@ -64,6 +64,9 @@ pub enum PoolError {
     /// Bad configuration.
     #[error("{0}")]
     Config(String),
+    /// Loading the snapshot into a jailed VMM failed.
+    #[error("cannot load the snapshot into jailed sandbox {0}: {1}")]
+    JailLoad(String, String),
     /// Booting, warming or snapshotting the function failed.
     #[error("cannot make the pool's snapshot of the function: {0}")]
     Prepare(String),
@@ -89,9 +92,11 @@ pub struct PoolConfig {
 }
 
 /// How pooled sandboxes are jailed: each runs as `husk-jailer --id <sandbox id> ...
-/// -- snapshot restore ...` in the foreground, with its own jail root
+/// -- --api-sock /api.sock` in the foreground, with its own jail root
 /// `<chroot_base>/<husk binary name>/<id>/root` (the snapshot files `--include`d, its
-/// vsock socket inside) and its own cgroup, both removed by the jailer when the VMM exits.
+/// API and vsock sockets inside) and its own cgroup, both removed by the jailer when the
+/// VMM exits; the pool loads the snapshot through the jail's API (`PUT /snapshot/load`,
+/// the same restore path as `husk snapshot restore`).
 #[derive(Debug, Clone)]
 pub struct JailOptions {
     /// The husk-jailer binary.
@@ -104,6 +109,27 @@ pub struct JailOptions {
     pub chroot_base: PathBuf,
     /// `--cgroup CTRL.FILE=VALUE` settings for every sandbox.
     pub cgroups: Vec<String>,
+    /// `--parent-cgroup` of every sandbox: the pool's own (jailers that share a parent
+    /// cannot tell who removes it last; the pool removes it at exit, see
+    /// [`remove_parent_cgroup`]).
+    pub parent_cgroup: String,
+}
+
+/// Remove the (by now empty) parent cgroup `name` the jailers created, in the cgroup v2
+/// mount and in every v1 hierarchy; best effort.
+pub fn remove_parent_cgroup(name: &str) {
+    let base = std::path::Path::new("/sys/fs/cgroup");
+    let mut dirs = vec![base.join(name)];
+    if let Ok(entries) = std::fs::read_dir(base) {
+        dirs.extend(entries.flatten().map(|e| e.path().join(name)));
+    }
+    for d in dirs {
+        if d.is_dir() {
+            if let Err(e) = std::fs::remove_dir(&d) {
+                log::warn!("pool: cannot remove cgroup {}: {e}", d.display());
+            }
+        }
+    }
 }
 
 /// Restores one pool item.

@@ -52,7 +52,6 @@ impl Sandbox {
                 let name = cfg.husk_bin.file_name().unwrap_or_default();
                 let id_dir = j.chroot_base.join(name).join(id);
                 let uds = id_dir.join("root").join("v.sock");
-                let file = |p: &Path| Path::new("/").join(p.file_name().unwrap_or_default());
                 let mut cmd = Command::new(&j.jailer);
                 cmd.args(["--id", id, "--exec-file"])
                     .arg(&cfg.husk_bin)
@@ -66,13 +65,14 @@ impl Sandbox {
                 for c in &j.cgroups {
                     cmd.args(["--cgroup", c]);
                 }
-                cmd.arg("--").args(restore_args(
-                    &file(&cfg.snapshot_path),
-                    &file(&cfg.mem_path),
-                    Path::new("/v.sock"),
-                    id,
-                    cfg.no_seccomp,
-                ));
+                cmd.args(["--parent-cgroup", &j.parent_cgroup]);
+                // husk takes no subcommand after the jailer's `--id`: it serves the API
+                // in the jail and the pool loads the snapshot through it, as a
+                // Firecracker user does with a jailed VMM.
+                cmd.args(["--", "--api-sock", "/api.sock"]);
+                if cfg.no_seccomp {
+                    cmd.arg("--no-seccomp");
+                }
                 // SIGTERM, not SIGKILL: the jailer forwards it to the VMM and removes the
                 // jail and the cgroup before it exits.
                 die_with_parent(&mut cmd, libc::SIGTERM);
@@ -104,6 +104,9 @@ impl Sandbox {
             jail_dir,
         };
         // On any failure below, `sb` is dropped: killed, reaped, files removed.
+        if let Some(dir) = sb.jail_dir.clone() {
+            sb.load_in_jail(cfg, &dir.join("root"), start + cfg.restore_timeout)?;
+        }
         let mut client = sb.connect(start + cfg.restore_timeout)?;
         let restored = crate::commands::snapshot::fresh_restored(id.to_string());
         let hello = client
@@ -112,6 +115,45 @@ impl Sandbox {
         sb.hello = hello;
         sb.restore_time = start.elapsed();
         Ok(sb)
+    }
+
+    /// A jailed VMM: wait for its API socket, then `PUT /snapshot/load` with the paths
+    /// inside the jail (the `--include`d files are at its root).
+    fn load_in_jail(
+        &mut self,
+        cfg: &PoolConfig,
+        root: &Path,
+        end: Instant,
+    ) -> Result<(), PoolError> {
+        let api = root.join("api.sock");
+        while !api.exists() {
+            if let Some(st) = self.exited() {
+                return Err(PoolError::RestoreExited(self.id.clone(), st));
+            }
+            if Instant::now() >= end {
+                return Err(PoolError::JailLoad(
+                    self.id.clone(),
+                    format!("no API socket {} in time", api.display()),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let inside = |p: &Path| Path::new("/").join(p.file_name().unwrap_or_default());
+        let body = serde_json::json!({
+            "snapshot_path": inside(&cfg.snapshot_path),
+            "mem_backend": { "backend_type": "File", "backend_path": inside(&cfg.mem_path) },
+            "vsock_override": { "uds_path": "/v.sock" },
+            "resume_vm": true,
+        })
+        .to_string();
+        crate::commands::snapshot::api_call(
+            &api,
+            "PUT /snapshot/load",
+            "PUT",
+            "/snapshot/load",
+            &body,
+        )
+        .map_err(|e| PoolError::JailLoad(self.id.clone(), husk_agent::sync::error_chain(&e)))
     }
 
     /// Connect to the agent while the VMM comes up, failing early if it exits.
