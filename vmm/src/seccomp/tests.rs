@@ -183,17 +183,13 @@ fn spawned_threads_have_a_stack_too_small_for_a_huge_page() {
     let h = spawn_with_filter("husk-test-stack".into(), None, || {
         let mut attr = std::mem::MaybeUninit::<libc::pthread_attr_t>::uninit();
         // SAFETY: `attr` is writable; pthread_getattr_np initialises it for this thread.
-        assert_eq!(
-            unsafe { libc::pthread_getattr_np(libc::pthread_self(), attr.as_mut_ptr()) },
-            0
-        );
+        let rc = unsafe { libc::pthread_getattr_np(libc::pthread_self(), attr.as_mut_ptr()) };
+        assert_eq!(rc, 0);
         let mut addr = std::ptr::null_mut();
         let mut size = 0usize;
         // SAFETY: `attr` was initialised just above; the out pointers are valid.
-        assert_eq!(
-            unsafe { libc::pthread_attr_getstack(attr.as_ptr(), &mut addr, &mut size) },
-            0
-        );
+        let rc = unsafe { libc::pthread_attr_getstack(attr.as_ptr(), &mut addr, &mut size) };
+        assert_eq!(rc, 0);
         // SAFETY: `attr` is initialised and destroyed once.
         unsafe { libc::pthread_attr_destroy(attr.as_mut_ptr()) };
         size
