@@ -203,6 +203,16 @@ fn existing(what: &str, path: PathBuf, hint: &'static str) -> Result<PathBuf, E2
     }
 }
 
+/// How many runs a figure makes: the environment variable `var` if it holds a number,
+/// else `default`; at least 1.
+pub fn runs_from_env(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+        .max(1)
+}
+
 /// The median of some durations (the upper middle for an even count; zero if empty).
 pub fn median(samples: &[Duration]) -> Duration {
     let mut v = samples.to_vec();

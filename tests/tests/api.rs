@@ -54,6 +54,34 @@ fn curl(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, Stri
     (code, body.to_string())
 }
 
+/// PUT the boot source (`kernel`, `initrd`, `boot_args`), the machine config (1 vCPU,
+/// 128 MiB) and the vsock device (guest CID 3 on `uds`), each answered 2xx.
+fn configure_boot(sock: &Path, kernel: &Path, initrd: &Path, boot_args: &str, uds: &Path) {
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    ok(
+        sock,
+        "PUT",
+        "/boot-source",
+        Some(&format!(
+            r#"{{"kernel_image_path": "{}", "initrd_path": "{}", "boot_args": "{boot_args}"}}"#,
+            s(kernel),
+            s(initrd)
+        )),
+    );
+    ok(
+        sock,
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count": 1, "mem_size_mib": 128}"#),
+    );
+    ok(
+        sock,
+        "PUT",
+        "/vsock",
+        Some(&format!(r#"{{"guest_cid": 3, "uds_path": "{}"}}"#, s(uds))),
+    );
+}
+
 fn ok(sock: &Path, method: &str, path: &str, body: Option<&str>) -> String {
     let (code, text) = curl(sock, method, path, body);
     assert!(
@@ -196,28 +224,7 @@ fn configure_boot_pause_resume_and_bad_requests_through_the_socket() {
         "/metrics",
         Some(&format!(r#"{{"metrics_path": "{}"}}"#, s(&metrics))),
     );
-    ok(
-        &sock,
-        "PUT",
-        "/boot-source",
-        Some(&format!(
-            r#"{{"kernel_image_path": "{}", "initrd_path": "{}", "boot_args": "{CMDLINE}"}}"#,
-            s(&kernel),
-            s(&initrd)
-        )),
-    );
-    ok(
-        &sock,
-        "PUT",
-        "/machine-config",
-        Some(r#"{"vcpu_count": 1, "mem_size_mib": 128}"#),
-    );
-    ok(
-        &sock,
-        "PUT",
-        "/vsock",
-        Some(&format!(r#"{{"guest_cid": 3, "uds_path": "{}"}}"#, s(&uds))),
-    );
+    configure_boot(&sock, &kernel, &initrd, CMDLINE, &uds);
     ok(&sock, "PUT", "/entropy", Some("{}"));
     // Pre-boot mistakes.
     fault(
@@ -447,28 +454,7 @@ fn send_ctrl_alt_del_reboots_the_guest_and_husk_exits_0() {
             s(&log)
         )),
     );
-    ok(
-        &sock,
-        "PUT",
-        "/boot-source",
-        Some(&format!(
-            r#"{{"kernel_image_path": "{}", "initrd_path": "{}", "boot_args": "{verbose}"}}"#,
-            s(&kernel),
-            s(&initrd)
-        )),
-    );
-    ok(
-        &sock,
-        "PUT",
-        "/machine-config",
-        Some(r#"{"vcpu_count": 1, "mem_size_mib": 128}"#),
-    );
-    ok(
-        &sock,
-        "PUT",
-        "/vsock",
-        Some(&format!(r#"{{"guest_cid": 3, "uds_path": "{}"}}"#, s(&uds))),
-    );
+    configure_boot(&sock, &kernel, &initrd, &verbose, &uds);
     ok(
         &sock,
         "PUT",

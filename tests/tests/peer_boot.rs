@@ -64,11 +64,7 @@ fn boot_once() -> Result<(Duration, String), E2eError> {
 fn figure_peer_qemu_microvm_boot_to_init_marker() {
     let kvm = e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
     eprintln!("KVM: {}", kvm.reason);
-    let runs: usize = std::env::var("HUSK_PEER_BOOT_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3)
-        .max(1);
+    let runs = e2e::runs_from_env("HUSK_PEER_BOOT_RUNS", 3);
     let mut times = Vec::new();
     for i in 1..=runs {
         let (t, line) = boot_once().unwrap_or_else(|e| panic!("peer boot {i}/{runs} failed: {e}"));

@@ -134,11 +134,7 @@ fn husk_boots_the_guest_kernel_to_init_and_exits_0_on_reboot() {
 fn figure_husk_boot_to_init_marker() {
     e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
     let initrd = peer_init();
-    let runs: usize = std::env::var("HUSK_VMM_BOOT_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3)
-        .max(1);
+    let runs = e2e::runs_from_env("HUSK_VMM_BOOT_RUNS", 3);
     let mut times = Vec::new();
     for i in 1..=runs {
         let b = boot_once(&initrd);

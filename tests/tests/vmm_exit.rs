@@ -83,11 +83,7 @@ fn check_exit_latency(vcpus: u8) {
     let kvm = e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
     eprintln!("KVM: {}", kvm.reason);
     let initrd = e2e::fixture("peer-init.cpio").unwrap_or_else(|e| panic!("{e}"));
-    let runs: usize = std::env::var("HUSK_VMM_EXIT_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3)
-        .max(1);
+    let runs = e2e::runs_from_env("HUSK_VMM_EXIT_RUNS", 3);
     let mut times = Vec::new();
     for i in 1..=runs {
         let t = reset_to_exit(&initrd, vcpus);

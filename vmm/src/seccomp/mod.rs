@@ -147,6 +147,14 @@ pub fn install(thread: Thread) -> Result<(), SeccompError> {
     seccompiler::apply_filter(&prog).map_err(|e| SeccompError::Install(thread, e))
 }
 
+/// Stack size of the threads [`spawn_with_filter`] starts (vCPU and API threads, which
+/// need a few tens of KiB). It stays below 2 MiB on purpose: Rust's default stack is
+/// exactly 2 MiB, and where transparent huge pages are `always` (many distributions'
+/// default, the emulated test host) a 2 MiB-aligned stack mapping is backed by one huge
+/// page on first touch, so each such thread added 2 MiB to the VMM's resident memory.
+/// A mapping smaller than 2 MiB can hold no huge page.
+pub const THREAD_STACK_SIZE: usize = 1024 * 1024;
+
 /// Spawns a named thread that installs the filter of `filter` before running `f`;
 /// `None` (only with `--no-seccomp`) runs `f` unfiltered. The filter is compiled before
 /// the spawn, so a malformed table fails here; if the kernel refuses it, `f` never runs
@@ -163,6 +171,7 @@ where
     let prog = filter.map(|t| compile(t).map(|p| (t, p))).transpose()?;
     std::thread::Builder::new()
         .name(name.clone())
+        .stack_size(THREAD_STACK_SIZE)
         .spawn(move || {
             if let Some((thread, prog)) = prog {
                 seccompiler::apply_filter(&prog).map_err(|e| SeccompError::Install(thread, e))?;

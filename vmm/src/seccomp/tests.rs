@@ -178,6 +178,45 @@ fn unfiltered_spawn_runs_freely() {
     assert!(h.join().unwrap().unwrap() > 0);
 }
 
+#[test]
+fn spawned_threads_have_a_stack_too_small_for_a_huge_page() {
+    // In a fresh process: glibc hands a new thread the cached stack of an exited one
+    // when that is large enough, and this binary's other tests end threads with 2 MiB
+    // stacks.
+    let status = run_isolated("seccomp::tests::isolated_thread_stack_size");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+#[ignore = "run by spawned_threads_have_a_stack_too_small_for_a_huge_page in its own process"]
+fn isolated_thread_stack_size() {
+    assert!(
+        std::env::var_os("HUSK_SECCOMP_ISOLATED").is_some(),
+        "run via spawned_threads_have_a_stack_too_small_for_a_huge_page"
+    );
+    let h = spawn_with_filter("husk-test-stack".into(), None, || {
+        let mut attr = std::mem::MaybeUninit::<libc::pthread_attr_t>::uninit();
+        // SAFETY: `attr` is writable; pthread_getattr_np initialises it for this thread.
+        let rc = unsafe { libc::pthread_getattr_np(libc::pthread_self(), attr.as_mut_ptr()) };
+        assert_eq!(rc, 0);
+        let mut addr = std::ptr::null_mut();
+        let mut size = 0usize;
+        // SAFETY: `attr` was initialised just above; the out pointers are valid.
+        let rc = unsafe { libc::pthread_attr_getstack(attr.as_ptr(), &mut addr, &mut size) };
+        assert_eq!(rc, 0);
+        // SAFETY: `attr` is initialised and destroyed once.
+        unsafe { libc::pthread_attr_destroy(attr.as_mut_ptr()) };
+        size
+    })
+    .unwrap();
+    let size = h.join().unwrap().unwrap();
+    assert!(size >= THREAD_STACK_SIZE, "stack of {size} bytes");
+    assert!(
+        size < 2 * 1024 * 1024,
+        "a {size}-byte stack can be backed by a 2 MiB huge page"
+    );
+}
+
 /// Runs one `#[ignore]`d test of this binary in a fresh process and returns its status
 /// (KVM refuses a VM created before fork, so the KVM test cannot use `in_child`).
 fn run_isolated(test: &str) -> std::process::ExitStatus {

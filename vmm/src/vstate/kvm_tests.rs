@@ -6,34 +6,16 @@ use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kvm_ioctls::VmFd;
-use vm_memory::{Bytes, GuestAddress};
-
 use crate::controller::Controller;
 use crate::device_manager::DeviceManager;
-use crate::devices::legacy::{ConsoleSink, SerialDevice, I8042, I8042_PORTS};
+use crate::devices::legacy::{ConsoleSink, SerialDevice};
 use crate::devices::{Bus, BusDevice};
 use crate::stop::{StopReason, StopSignal};
 use crate::vmm::Vmm;
-use crate::vstate::memory::register_guest_memory;
+use crate::vstate::test_guest::{insert_i8042, real_mode_vcpu, tiny_vm, SharedBuf, CODE};
 use crate::vstate::vcpu::Vcpu;
 use crate::vstate::vm::Vm;
-use crate::vstate::vm::{create_vm, open_kvm};
-use crate::{EventManager, GuestMemoryMmap};
-
-const CODE: u64 = 0x1000;
-
-#[derive(Clone, Default)]
-struct SharedBuf(Arc<Mutex<Vec<u8>>>);
-impl Write for SharedBuf {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
+use crate::EventManager;
 
 #[derive(Default)]
 struct Recorder(Vec<(u64, Vec<u8>)>);
@@ -44,39 +26,6 @@ impl BusDevice for Recorder {
     fn write(&mut self, offset: u64, data: &[u8]) {
         self.0.push((offset, data.to_vec()));
     }
-}
-
-/// A VM with 64 KiB of RAM holding `code` at 0x1000.
-fn tiny_vm(code: &[u8]) -> (VmFd, GuestMemoryMmap) {
-    let kvm = open_kvm().unwrap();
-    let vm = create_vm(&kvm).unwrap();
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-    mem.write_slice(code, GuestAddress(CODE)).unwrap();
-    // SAFETY: every test keeps `mem` alive until after the VM and vCPUs are gone.
-    unsafe { register_guest_memory(&vm, &mem).unwrap() };
-    (vm, mem)
-}
-
-/// A vCPU in real mode at CS:IP = 0:0x1000.
-fn real_mode_vcpu(vm: &VmFd, io: Bus, mmio: Bus, stop: &StopSignal) -> Vcpu {
-    let vcpu = Vcpu::new(vm, 0, io, mmio, stop.try_clone().unwrap()).unwrap();
-    // A CPUID as at boot (a saved state carries it; restore refuses an empty one).
-    let supported = open_kvm()
-        .unwrap()
-        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .unwrap();
-    vcpu.fd().set_cpuid2(&supported).unwrap();
-    let mut sregs = vcpu.fd().get_sregs().unwrap();
-    sregs.cs.base = 0;
-    sregs.cs.selector = 0;
-    vcpu.fd().set_sregs(&sregs).unwrap();
-    let regs = kvm_bindings::kvm_regs {
-        rip: CODE,
-        rflags: 2,
-        ..Default::default()
-    };
-    vcpu.fd().set_regs(&regs).unwrap();
-    vcpu
 }
 
 fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -142,12 +91,7 @@ fn run_to_stop(code: &[u8]) -> StopReason {
     let (vm, mem) = tiny_vm(code);
     let stop = StopSignal::new().unwrap();
     let mut io = Bus::new();
-    io.insert(
-        Arc::new(Mutex::new(I8042::new(stop.try_clone().unwrap()))),
-        0x60,
-        I8042_PORTS,
-    )
-    .unwrap();
+    insert_i8042(&mut io, &stop);
     let vcpu = real_mode_vcpu(&vm, io.clone(), Bus::new(), &stop);
     let handle = vcpu.start(false).unwrap();
     let em = EventManager::new().unwrap();
@@ -185,12 +129,7 @@ fn long_mode_entry_runs_64_bit_code_then_i8042_reset() {
     );
     let mut io = Bus::new();
     io.insert(Arc::new(Mutex::new(serial)), 0x3f8, 8).unwrap();
-    io.insert(
-        Arc::new(Mutex::new(I8042::new(stop.try_clone().unwrap()))),
-        0x60,
-        I8042_PORTS,
-    )
-    .unwrap();
+    insert_i8042(&mut io, &stop);
     let vcpu = Vcpu::new(&vm, 0, io.clone(), Bus::new(), stop.try_clone().unwrap()).unwrap();
     crate::arch::x86_64::regs::setup_boot_vcpu(vcpu.fd(), CODE).unwrap();
     let handle = vcpu.start(false).unwrap();
@@ -249,12 +188,7 @@ fn ready_marker_is_timestamped_then_reset_ends_the_vm() {
     let ready = marker.ready_at();
     let mut io = Bus::new();
     io.insert(Arc::new(Mutex::new(marker)), 0x440, 1).unwrap();
-    io.insert(
-        Arc::new(Mutex::new(I8042::new(stop.try_clone().unwrap()))),
-        0x60,
-        I8042_PORTS,
-    )
-    .unwrap();
+    insert_i8042(&mut io, &stop);
     let handle = real_mode_vcpu(&vm, io.clone(), Bus::new(), &stop)
         .start(false)
         .unwrap();
@@ -375,10 +309,9 @@ fn saved_state_restores_into_a_fresh_vcpu() {
     ));
 }
 
-#[test]
-fn exit_kicks_a_halted_vcpu_out_of_kvm_run() {
-    // cli; l: hlt; jmp l  -- halted for good: only the kick ends KVM_RUN.
-    let (vm, _mem) = tiny_vm(&[0xfa, 0xf4, 0xeb, 0xfd]);
+/// Runs `code` for 300 ms, then asserts that `exit` ends the vCPU thread within 500 ms.
+fn assert_exit_kicks(code: &[u8]) {
+    let (vm, _mem) = tiny_vm(code);
     let stop = StopSignal::new().unwrap();
     let mut handle = real_mode_vcpu(&vm, Bus::new(), Bus::new(), &stop)
         .start(false)
@@ -386,25 +319,21 @@ fn exit_kicks_a_halted_vcpu_out_of_kvm_run() {
     handle.resume().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let start = Instant::now();
-    assert!(handle.exit(), "the halted vCPU thread ended");
+    assert!(handle.exit(), "the vCPU thread ended");
     let took = start.elapsed();
     assert!(took < Duration::from_millis(500), "exit took {took:?}");
 }
 
 #[test]
+fn exit_kicks_a_halted_vcpu_out_of_kvm_run() {
+    // cli; l: hlt; jmp l  -- halted for good: only the kick ends KVM_RUN.
+    assert_exit_kicks(&[0xfa, 0xf4, 0xeb, 0xfd]);
+}
+
+#[test]
 fn exit_kicks_a_vcpu_looping_without_exits() {
     // l: jmp l  -- never exits to the VMM on its own.
-    let (vm, _mem) = tiny_vm(&[0xeb, 0xfe]);
-    let stop = StopSignal::new().unwrap();
-    let mut handle = real_mode_vcpu(&vm, Bus::new(), Bus::new(), &stop)
-        .start(false)
-        .unwrap();
-    handle.resume().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let start = Instant::now();
-    assert!(handle.exit(), "the looping vCPU thread ended");
-    let took = start.elapsed();
-    assert!(took < Duration::from_millis(500), "exit took {took:?}");
+    assert_exit_kicks(&[0xeb, 0xfe]);
 }
 
 #[test]

@@ -6,3 +6,5 @@ pub mod vm;
 
 #[cfg(test)]
 mod kvm_tests;
+#[cfg(test)]
+pub(crate) mod test_guest;

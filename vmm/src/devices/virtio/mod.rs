@@ -15,6 +15,8 @@
 //! - [`mmio`]: the transport (registers, status state machine, queue validation);
 //!   [`mmio_persist`]: its saved state.
 //! - [`descriptor`]: bounded, checked access to a descriptor chain's buffers.
+//! - [`queue_set`]: the queues, eventfds and interrupt every device keeps, with the
+//!   shared activate/reset steps and config-space reads.
 //! - [`ratelimit`]: `warn_limited!`, for every log line a guest can trigger.
 //! - [`block`]: virtio-blk on a raw image file. [`rng`]: virtio-entropy. [`vsock`]: virtio-vsock and its hybrid Unix backend.
 //!
@@ -26,6 +28,7 @@ pub mod block;
 pub mod descriptor;
 pub mod mmio;
 pub mod mmio_persist;
+pub mod queue_set;
 pub mod ratelimit;
 pub mod rng;
 pub mod vsock;

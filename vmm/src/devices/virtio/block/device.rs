@@ -11,6 +11,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::request::{
     collect, parse, status_addr, SECTOR_SIZE, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_OK,
 };
+use crate::devices::virtio::queue_set::{read_config_bytes, QueueSet};
 use crate::devices::virtio::ratelimit::warn_limited;
 use crate::devices::virtio::{
     ActivateError, IrqTrigger, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1, VIRTIO_MMIO_INT_VRING,
@@ -56,11 +57,7 @@ pub struct Block {
     /// Usable image size in bytes (a multiple of 512).
     pub(super) capacity: u64,
     pub(super) acked_features: u64,
-    queue_max_sizes: [u16; 1],
-    pub(super) queue_events: Vec<EventFd>,
-    irq: IrqTrigger,
-    mem: Option<GuestMemoryMmap>,
-    queues: Vec<Queue>,
+    pub(super) qs: QueueSet,
 }
 
 impl Block {
@@ -94,11 +91,7 @@ impl Block {
             read_only,
             capacity: size - size % SECTOR_SIZE,
             acked_features: 0,
-            queue_max_sizes: [QUEUE_SIZE],
-            queue_events: vec![EventFd::new(libc::EFD_NONBLOCK).map_err(BlockError::EventFd)?],
-            irq: IrqTrigger::new().map_err(BlockError::EventFd)?,
-            mem: None,
-            queues: Vec::new(),
+            qs: QueueSet::new(&[QUEUE_SIZE]).map_err(BlockError::EventFd)?,
         })
     }
 
@@ -124,7 +117,7 @@ impl Block {
 
     /// Answer every request the driver has queued. Returns how many chains were used.
     pub fn process_queue(&mut self) -> Result<usize, BlockError> {
-        let (Some(mem), Some(queue)) = (self.mem.as_ref(), self.queues.first_mut()) else {
+        let Some((mem, queue)) = self.qs.active(0) else {
             return Ok(0);
         };
         let mut used = 0;
@@ -157,7 +150,8 @@ impl Block {
             used += 1;
         }
         if used > 0 {
-            self.irq
+            self.qs
+                .irq()
                 .trigger(VIRTIO_MMIO_INT_VRING)
                 .map_err(BlockError::Interrupt)?;
         }
@@ -188,30 +182,21 @@ impl VirtioDevice for Block {
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_max_sizes
+        self.qs.max_sizes()
     }
 
     fn queue_events(&self) -> &[EventFd] {
-        &self.queue_events
+        self.qs.events()
     }
 
     fn interrupt(&self) -> &IrqTrigger {
-        &self.irq
+        self.qs.irq()
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // Configuration space: capacity in 512-byte sectors (le64); nothing else is
         // offered (no SIZE_MAX/SEG_MAX/BLK_SIZE features).
-        let config = (self.capacity / SECTOR_SIZE).to_le_bytes();
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        let Some(end) = start.checked_add(data.len()) else {
-            return;
-        };
-        if let Some(src) = config.get(start..end) {
-            data.copy_from_slice(src);
-        }
+        read_config_bytes(&(self.capacity / SECTOR_SIZE).to_le_bytes(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {
@@ -222,33 +207,22 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError> {
-        if queues.len() != 1 {
-            return Err(ActivateError::BadQueue {
-                index: queues.len(),
-                reason: "the block device has exactly one queue".into(),
-            });
-        }
-        self.mem = Some(mem);
-        self.queues = queues;
-        // Requests queued before DRIVER_OK are served by the event loop: activation runs
-        // on a vCPU thread, whose seccomp filter allows no file I/O.
-        if let Some(evt) = self.queue_events.first() {
-            let _ = evt.write(1);
-        }
-        Ok(())
+        // Requests queued before DRIVER_OK are served by the event loop (no file I/O on
+        // a vCPU thread).
+        self.qs
+            .activate(mem, queues, "the block device has exactly one queue", 0)
     }
 
     fn is_activated(&self) -> bool {
-        self.mem.is_some()
+        self.qs.is_activated()
     }
 
     fn active_queues(&self) -> &[Queue] {
-        &self.queues
+        self.qs.queues()
     }
 
     fn reset(&mut self) -> bool {
-        self.mem = None;
-        self.queues.clear();
+        self.qs.deactivate();
         self.acked_features = 0;
         true
     }

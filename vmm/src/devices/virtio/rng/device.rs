@@ -6,6 +6,7 @@ use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::virtio::descriptor::ChainBuffers;
+use crate::devices::virtio::queue_set::QueueSet;
 use crate::devices::virtio::ratelimit::warn_limited;
 use crate::devices::virtio::{
     ActivateError, IrqTrigger, VirtioDevice, TYPE_ENTROPY, VIRTIO_F_VERSION_1,
@@ -68,11 +69,7 @@ pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), EntropyError> {
 #[derive(Debug)]
 pub struct Entropy {
     pub(super) acked_features: u64,
-    queue_max_sizes: [u16; 1],
-    pub(super) queue_events: Vec<EventFd>,
-    irq: IrqTrigger,
-    mem: Option<GuestMemoryMmap>,
-    queues: Vec<Queue>,
+    pub(super) qs: QueueSet,
 }
 
 impl Entropy {
@@ -80,11 +77,7 @@ impl Entropy {
     pub fn new() -> Result<Self, EntropyError> {
         Ok(Self {
             acked_features: 0,
-            queue_max_sizes: [QUEUE_SIZE],
-            queue_events: vec![EventFd::new(libc::EFD_NONBLOCK).map_err(EntropyError::EventFd)?],
-            irq: IrqTrigger::new().map_err(EntropyError::EventFd)?,
-            mem: None,
-            queues: Vec::new(),
+            qs: QueueSet::new(&[QUEUE_SIZE]).map_err(EntropyError::EventFd)?,
         })
     }
 
@@ -93,7 +86,7 @@ impl Entropy {
     /// if requests remain, the queue eventfd is written so the event loop comes back.
     /// Returns how many chains were used.
     pub fn process_queue(&mut self) -> Result<usize, EntropyError> {
-        let (Some(mem), Some(queue)) = (self.mem.as_ref(), self.queues.first_mut()) else {
+        let Some((mem, queue)) = self.qs.active(0) else {
             return Ok(0);
         };
         let mut used = 0;
@@ -131,12 +124,11 @@ impl Entropy {
             used += 1;
         }
         if deferred {
-            if let Some(evt) = self.queue_events.first() {
-                let _ = evt.write(1);
-            }
+            self.qs.wake(0);
         }
         if used > 0 {
-            self.irq
+            self.qs
+                .irq()
                 .trigger(VIRTIO_MMIO_INT_VRING)
                 .map_err(EntropyError::Interrupt)?;
         }
@@ -146,7 +138,7 @@ impl Entropy {
     /// Whether a pass left requests for a later one (its queue eventfd is pending).
     #[cfg(test)]
     fn wake_pending(&self) -> bool {
-        self.queue_events.first().is_some_and(|e| e.read().is_ok())
+        self.qs.events().first().is_some_and(|e| e.read().is_ok())
     }
 }
 
@@ -168,15 +160,15 @@ impl VirtioDevice for Entropy {
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_max_sizes
+        self.qs.max_sizes()
     }
 
     fn queue_events(&self) -> &[EventFd] {
-        &self.queue_events
+        self.qs.events()
     }
 
     fn interrupt(&self) -> &IrqTrigger {
-        &self.irq
+        self.qs.irq()
     }
 
     fn read_config(&self, _offset: u64, _data: &mut [u8]) {
@@ -188,33 +180,22 @@ impl VirtioDevice for Entropy {
     }
 
     fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError> {
-        if queues.len() != 1 {
-            return Err(ActivateError::BadQueue {
-                index: queues.len(),
-                reason: "the entropy device has exactly one queue".into(),
-            });
-        }
-        self.mem = Some(mem);
-        self.queues = queues;
-        // Requests queued before DRIVER_OK get answered by the event loop: activation
-        // runs on a vCPU thread, whose seccomp filter allows no getrandom.
-        if let Some(evt) = self.queue_events.first() {
-            let _ = evt.write(1);
-        }
-        Ok(())
+        // Requests queued before DRIVER_OK get answered by the event loop (no getrandom
+        // on a vCPU thread).
+        self.qs
+            .activate(mem, queues, "the entropy device has exactly one queue", 0)
     }
 
     fn is_activated(&self) -> bool {
-        self.mem.is_some()
+        self.qs.is_activated()
     }
 
     fn active_queues(&self) -> &[Queue] {
-        &self.queues
+        self.qs.queues()
     }
 
     fn reset(&mut self) -> bool {
-        self.mem = None;
-        self.queues.clear();
+        self.qs.deactivate();
         self.acked_features = 0;
         true
     }

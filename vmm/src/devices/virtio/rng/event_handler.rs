@@ -9,7 +9,7 @@ const QUEUE_EVENT: u32 = 0;
 
 impl MutEventSubscriber for Entropy {
     fn init(&mut self, ops: &mut EventOps) {
-        for evt in &self.queue_events {
+        for evt in self.qs.events() {
             if let Err(e) = ops.add(Events::with_data(evt, QUEUE_EVENT, EventSet::IN)) {
                 log::error!("virtio-rng: cannot register the queue eventfd: {e:?}");
             }
@@ -22,7 +22,7 @@ impl MutEventSubscriber for Entropy {
             return;
         }
         // Drain the notification even when not active, or epoll would spin on it.
-        if let Some(evt) = self.queue_events.first() {
+        if let Some(evt) = self.qs.events().first() {
             let _ = evt.read();
         }
         if let Err(e) = self.process_queue() {

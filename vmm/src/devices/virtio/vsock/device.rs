@@ -11,6 +11,7 @@ use super::packet::{read_packet, rx_capacity, write_packet, HOST_CID, MAX_PKT_DA
 use super::unix::VsockUnixBackend;
 use super::VsockError;
 use crate::devices::virtio::descriptor::ChainBuffers;
+use crate::devices::virtio::queue_set::{read_config_bytes, QueueSet};
 use crate::devices::virtio::ratelimit::warn_limited;
 use crate::devices::virtio::{
     ActivateError, IrqTrigger, VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1, VIRTIO_MMIO_INT_VRING,
@@ -34,11 +35,7 @@ pub struct Vsock<B: VsockBackend = VsockUnixBackend> {
     cid: u64,
     pub(super) backend: B,
     pub(super) acked_features: u64,
-    queue_max_sizes: [u16; 3],
-    pub(super) queue_events: Vec<EventFd>,
-    irq: IrqTrigger,
-    mem: Option<GuestMemoryMmap>,
-    queues: Vec<Queue>,
+    pub(super) qs: QueueSet,
     rx_buf: Vec<u8>,
     pub(super) backend_reset_pending: bool,
     /// After a restore's transport reset: hold rx packets (new host connections) until
@@ -70,16 +67,11 @@ impl<B: VsockBackend> Vsock<B> {
     /// A vsock device with any backend (tests use a scripted one).
     pub fn with_backend(guest_cid: u64, backend: B) -> Result<Self, VsockError> {
         check_cid(guest_cid)?;
-        let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(VsockError::EventFd);
         Ok(Self {
             cid: guest_cid,
             backend,
             acked_features: 0,
-            queue_max_sizes: [QUEUE_SIZE; 3],
-            queue_events: vec![evt()?, evt()?, evt()?],
-            irq: IrqTrigger::new().map_err(VsockError::EventFd)?,
-            mem: None,
-            queues: Vec::new(),
+            qs: QueueSet::new(&[QUEUE_SIZE; 3]).map_err(VsockError::EventFd)?,
             rx_buf: vec![0u8; MAX_PKT_DATA],
             backend_reset_pending: false,
             rx_held_for_reset: false,
@@ -104,7 +96,7 @@ impl<B: VsockBackend> Vsock<B> {
     /// Hand every packet the guest queued on tx to the backend. Returns whether any
     /// buffer was used.
     pub fn process_tx(&mut self) -> bool {
-        let (Some(mem), Some(queue)) = (self.mem.as_ref(), self.queues.get_mut(TXQ)) else {
+        let Some((mem, queue)) = self.qs.active(TXQ) else {
             return false;
         };
         let mut used = false;
@@ -137,7 +129,7 @@ impl<B: VsockBackend> Vsock<B> {
         if self.rx_held_for_reset {
             return false;
         }
-        let (Some(mem), Some(queue)) = (self.mem.as_ref(), self.queues.get_mut(RXQ)) else {
+        let Some((mem, queue)) = self.qs.active(RXQ) else {
             return false;
         };
         let mut used = false;
@@ -185,7 +177,7 @@ impl<B: VsockBackend> Vsock<B> {
 
     /// Tell the guest that all connections are gone (after a snapshot restore).
     pub fn send_transport_reset(&mut self) -> Result<(), VsockError> {
-        let (Some(mem), Some(queue)) = (self.mem.as_ref(), self.queues.get_mut(EVQ)) else {
+        let Some((mem, queue)) = self.qs.active(EVQ) else {
             return Err(VsockError::NotActivated);
         };
         let chain = queue
@@ -208,7 +200,8 @@ impl<B: VsockBackend> Vsock<B> {
 
     /// Raise the used-buffer interrupt.
     pub fn signal_used(&self) -> Result<(), VsockError> {
-        self.irq
+        self.qs
+            .irq()
             .trigger(VIRTIO_MMIO_INT_VRING)
             .map_err(VsockError::Interrupt)
     }
@@ -243,28 +236,19 @@ impl<B: VsockBackend> VirtioDevice for Vsock<B> {
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_max_sizes
+        self.qs.max_sizes()
     }
 
     fn queue_events(&self) -> &[EventFd] {
-        &self.queue_events
+        self.qs.events()
     }
 
     fn interrupt(&self) -> &IrqTrigger {
-        &self.irq
+        self.qs.irq()
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.cid.to_le_bytes();
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if let Some(src) = start
-            .checked_add(data.len())
-            .and_then(|end| config.get(start..end))
-        {
-            data.copy_from_slice(src);
-        }
+        read_config_bytes(&self.cid.to_le_bytes(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {
@@ -272,39 +256,30 @@ impl<B: VsockBackend> VirtioDevice for Vsock<B> {
     }
 
     fn activate(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>) -> Result<(), ActivateError> {
-        if queues.len() != 3 {
-            return Err(ActivateError::BadQueue {
-                index: queues.len(),
-                reason: "the vsock device has exactly three queues".into(),
-            });
-        }
-        self.mem = Some(mem);
-        self.queues = queues;
-        // Packets queued before DRIVER_OK are handled by the event loop: activation runs
-        // on a vCPU thread, which must not touch sockets (seccomp).
-        if let Some(evt) = self.queue_events.get(TXQ) {
-            let _ = evt.write(1);
-        }
-        Ok(())
+        // Packets queued before DRIVER_OK are handled by the event loop (no sockets on a
+        // vCPU thread).
+        self.qs.activate(
+            mem,
+            queues,
+            "the vsock device has exactly three queues",
+            TXQ,
+        )
     }
 
     fn is_activated(&self) -> bool {
-        self.mem.is_some()
+        self.qs.is_activated()
     }
 
     fn active_queues(&self) -> &[Queue] {
-        &self.queues
+        self.qs.queues()
     }
 
     fn reset(&mut self) -> bool {
         // Runs on a vCPU thread: the backend (sockets, timer) is reset by the event loop,
         // woken here.
         self.backend_reset_pending = true;
-        if let Some(evt) = self.queue_events.get(RXQ) {
-            let _ = evt.write(1);
-        }
-        self.mem = None;
-        self.queues.clear();
+        self.qs.wake(RXQ);
+        self.qs.deactivate();
         self.acked_features = 0;
         true
     }

@@ -290,7 +290,7 @@ fn rx_is_held_after_a_transport_reset_until_the_guest_refills_the_event_queue() 
     let _ = mgr.run_with_timeout(50).unwrap();
     assert_eq!(dev.lock().unwrap().backend().to_guest.len(), 1);
     // The guest handled the event and notified the event queue: rx flows.
-    dev.lock().unwrap().queue_events[EVQ].write(1).unwrap();
+    dev.lock().unwrap().qs.events()[EVQ].write(1).unwrap();
     assert_eq!(mgr.run_with_timeout(100).unwrap(), 1);
     assert!(dev.lock().unwrap().backend().to_guest.is_empty());
     assert_eq!(used_lens(&vqs[RXQ]).len(), 1);

@@ -30,7 +30,7 @@ impl<B: VsockBackend> Vsock<B> {
 
 impl<B: VsockBackend> MutEventSubscriber for Vsock<B> {
     fn init(&mut self, ops: &mut EventOps) {
-        for (i, evt) in self.queue_events.iter().enumerate() {
+        for (i, evt) in self.qs.events().iter().enumerate() {
             // i < 3.
             if let Err(e) = ops.add(Events::with_data(evt, i as u32, EventSet::IN)) {
                 log::error!("vsock: cannot register queue {i}'s eventfd: {e:?}");
@@ -53,7 +53,7 @@ impl<B: VsockBackend> MutEventSubscriber for Vsock<B> {
         match data {
             RXQ | TXQ | EVQ => {
                 // Drain the notification even when not active, or epoll would spin.
-                if let Some(evt) = self.queue_events.get(data) {
+                if let Some(evt) = self.qs.events().get(data) {
                     let _ = evt.read();
                 }
                 if data == EVQ {
