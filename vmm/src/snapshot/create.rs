@@ -26,9 +26,9 @@ pub enum CreateError {
     /// A device state could not be read.
     #[error("cannot save the state of device {0}: {1}")]
     Device(String, String),
-    /// The VM has no serial console (cannot happen for a built VM).
-    #[error("the VM has no serial console to save")]
-    NoSerial,
+    /// The VM lacks a legacy device every built VM has (serial, i8042, boot marker).
+    #[error("the VM has no {0} to save")]
+    MissingDevice(&'static str),
     /// Writing the state file failed.
     #[error("cannot write the snapshot state file")]
     State(#[from] FormatError),
@@ -57,12 +57,27 @@ fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub fn save_state(vmm: &Vmm) -> Result<MicrovmState, CreateError> {
     let vcpus = vmm.save_vcpu_states()?;
     let vm = Persist::save(vmm.vm())?;
-    let mut serial = None;
+    let (mut serial, mut i8042, mut boot_marker) = (None, None, None);
     for d in vmm.devices().pio_devices() {
-        if let LegacyHandle::Serial(s) = &d.handle {
-            serial = Some(lock(s).save());
+        match &d.handle {
+            LegacyHandle::Serial(s) => serial = Some(Persist::save(&*lock(s))),
+            LegacyHandle::I8042(k) => i8042 = Some(Persist::save(&*lock(k))),
+            LegacyHandle::BootMarker(m) => boot_marker = Some(Persist::save(&*lock(m))),
+            #[cfg(test)]
+            LegacyHandle::Other(_) => {}
         }
     }
+    let legacy_err =
+        |id: &str, e: &dyn std::error::Error| CreateError::Device(id.into(), e.to_string());
+    let serial = serial
+        .ok_or(CreateError::MissingDevice("serial console"))?
+        .map_err(|e| legacy_err("serial", &e))?;
+    let i8042 = i8042
+        .ok_or(CreateError::MissingDevice("i8042 controller"))?
+        .map_err(|e| legacy_err("i8042", &e))?;
+    let boot_marker = boot_marker
+        .ok_or(CreateError::MissingDevice("boot marker"))?
+        .map_err(|e| legacy_err("boot-marker", &e))?;
     let mut virtio = Vec::new();
     for d in vmm.devices().mmio_devices() {
         let transport = lock(&d.transport)
@@ -95,7 +110,9 @@ pub fn save_state(vmm: &Vmm) -> Result<MicrovmState, CreateError> {
         vm,
         vcpus,
         devices: DevicesState {
-            serial: serial.ok_or(CreateError::NoSerial)?,
+            serial,
+            i8042,
+            boot_marker,
             virtio,
         },
     })

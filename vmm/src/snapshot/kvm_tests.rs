@@ -13,10 +13,10 @@ use super::create::create_snapshot;
 use super::format::{self, FormatError};
 use super::restore::{build_microvm_from_snapshot, RestoreArgs, RestoreError};
 use super::MicrovmState;
-use crate::arch::x86_64::layout::{SERIAL_IRQ, SERIAL_PORT_BASE};
+use crate::arch::x86_64::layout::{self, SERIAL_IRQ, SERIAL_PORT_BASE};
 use crate::builder::ConsoleConfig;
 use crate::device_manager::{DeviceManager, LegacyHandle};
-use crate::devices::legacy::{ConsoleSink, SerialDevice};
+use crate::devices::legacy::{BootMarker, ConsoleSink, SerialDevice, I8042, I8042_PORTS};
 use crate::stop::StopSignal;
 use crate::vmm::Vmm;
 use crate::vstate::memory::{create_guest_memory, register_guest_memory};
@@ -43,7 +43,8 @@ impl Drop for TempDir {
     }
 }
 
-/// A booted-by-hand 32 MiB VM running LOOP in real mode, with a serial console.
+/// A booted-by-hand 32 MiB VM running LOOP in real mode, with a serial console, an
+/// i8042 holding Ctrl+Alt+Del the guest never reads, and the boot marker.
 fn looping_vmm() -> Vmm {
     let kvm = open_kvm().unwrap();
     let mem = create_guest_memory(32).unwrap();
@@ -67,6 +68,29 @@ fn looping_vmm() -> Vmm {
             8,
             Some(SERIAL_IRQ),
             LegacyHandle::Serial(Arc::new(Mutex::new(serial))),
+            None,
+        )
+        .unwrap();
+    let mut i8042 = I8042::new(stop.try_clone().unwrap())
+        .with_interrupt(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+    i8042.send_ctrl_alt_del().unwrap();
+    devices
+        .attach_pio(
+            "i8042",
+            layout::I8042_PORT_BASE,
+            I8042_PORTS as u16,
+            Some(layout::I8042_IRQ),
+            LegacyHandle::I8042(Arc::new(Mutex::new(i8042))),
+            None,
+        )
+        .unwrap();
+    devices
+        .attach_pio(
+            "boot-marker",
+            layout::BOOT_MARKER_PORT,
+            1,
+            None,
+            LegacyHandle::BootMarker(Arc::new(Mutex::new(BootMarker::new(false)))),
             None,
         )
         .unwrap();
@@ -162,6 +186,17 @@ fn paused_guest_is_saved_restored_into_a_fresh_vm_and_continues() {
         before[0].regs.rcx, saved_rcx,
         "registers come from the file"
     );
+    // The i8042 still holds the keys the guest had not read, and the boot marker
+    // answers one restore generation on.
+    let i8042 = restored.devices().i8042().unwrap().lock().unwrap().save();
+    assert_eq!(i8042, state.devices.i8042);
+    assert_eq!(i8042.output, crate::devices::legacy::i8042::CTRL_ALT_DEL);
+    let mut gen = [0u8; 4];
+    assert!(restored
+        .devices()
+        .io_bus()
+        .read(u64::from(layout::BOOT_MARKER_PORT), &mut gen));
+    assert_eq!(u32::from_le_bytes(gen), 1);
     restored.resume().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     restored.pause().unwrap();

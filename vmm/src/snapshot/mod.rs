@@ -17,7 +17,8 @@ pub mod restore;
 
 use serde::{Deserialize, Serialize};
 
-use crate::devices::legacy::persist::SerialDeviceState;
+use crate::devices::legacy::persist::{BootMarkerState, SerialDeviceState};
+use crate::devices::legacy::I8042State;
 use crate::devices::virtio::block::persist::BlockState;
 use crate::devices::virtio::mmio_persist::MmioTransportState;
 use crate::devices::virtio::rng::persist::EntropyState;
@@ -124,6 +125,10 @@ pub struct VirtioDeviceState {
 pub struct DevicesState {
     /// The console UART.
     pub serial: SerialDeviceState,
+    /// The i8042 (registers, pending keyboard bytes).
+    pub i8042: I8042State,
+    /// The boot marker (the restore generation).
+    pub boot_marker: BootMarkerState,
     /// virtio-mmio devices, in attach (window) order.
     pub virtio: Vec<VirtioDeviceState>,
 }

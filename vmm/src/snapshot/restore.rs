@@ -225,17 +225,25 @@ pub fn build_microvm_from_snapshot(
             None,
         )
         .map_err(BuildError::from)?;
+    let kbd_irq = EventFd::new(libc::EFD_NONBLOCK)
+        .map_err(|e| BuildError::Io("create the i8042 interrupt eventfd", e))?;
+    vm.fd()
+        .register_irqfd(&kbd_irq, layout::I8042_IRQ)
+        .map_err(|e| BuildError::Kvm("register the i8042 irqfd", e))?;
+    let i8042 = <I8042 as Persist>::restore((clone_stop()?, kbd_irq), &state.devices.i8042)
+        .map_err(step("the i8042 controller"))?;
     devices
         .attach_pio(
             "i8042",
             layout::I8042_PORT_BASE,
             I8042_PORTS as u16,
-            None,
-            LegacyHandle::I8042(Arc::new(Mutex::new(I8042::new(clone_stop()?)))),
+            Some(layout::I8042_IRQ),
+            LegacyHandle::I8042(Arc::new(Mutex::new(i8042))),
             None,
         )
         .map_err(BuildError::from)?;
-    let marker = BootMarker::new(false);
+    let marker = <BootMarker as Persist>::restore(clone_stop()?, &state.devices.boot_marker)
+        .map_err(step("the boot marker"))?;
     let ready_at = marker.ready_at();
     let evt = ready_evt
         .try_clone()
@@ -423,6 +431,8 @@ pub(crate) mod tests {
                     scratch: 0,
                     in_buffer: vec![],
                 },
+                i8042: crate::devices::legacy::I8042::new(StopSignal::new().unwrap()).save(),
+                boot_marker: crate::devices::legacy::BootMarkerState { generation: 0 },
                 virtio: vec![],
             },
         }
