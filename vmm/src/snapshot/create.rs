@@ -8,7 +8,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use super::format::{self, FormatError};
 use super::memory::{self, MemoryFileError, MemoryFileReport};
 use super::{
-    CpuInfo, DevicesState, MachineState, MicrovmState, Persist, VirtioBackendState,
+    ConfigState, CpuInfo, DevicesState, MachineState, MicrovmState, Persist, VirtioBackendState,
     VirtioDeviceState,
 };
 use crate::device_manager::{LegacyHandle, VirtioHandle};
@@ -52,9 +52,10 @@ fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Collect the whole microVM's state. The vCPUs must be paused (the controller
-/// checks); this runs on the VMM thread, so no device work runs concurrently.
-pub fn save_state(vmm: &Vmm) -> Result<MicrovmState, CreateError> {
+/// Collect the whole microVM's state, with `config` (what the configuration said beyond
+/// the devices). The vCPUs must be paused (the controller checks); this runs on the VMM
+/// thread, so no device work runs concurrently.
+pub fn save_state(vmm: &Vmm, config: &ConfigState) -> Result<MicrovmState, CreateError> {
     let vcpus = vmm.save_vcpu_states()?;
     let vm = Persist::save(vmm.vm())?;
     let (mut serial, mut i8042, mut boot_marker) = (None, None, None);
@@ -115,6 +116,7 @@ pub fn save_state(vmm: &Vmm) -> Result<MicrovmState, CreateError> {
             boot_marker,
             virtio,
         },
+        config: config.clone(),
     })
 }
 
@@ -122,11 +124,12 @@ pub fn save_state(vmm: &Vmm) -> Result<MicrovmState, CreateError> {
 /// (memory first: a state file only ever exists next to a complete memory file).
 pub fn create_snapshot(
     vmm: &Vmm,
+    config: &ConfigState,
     state_path: &Path,
     mem_path: &Path,
 ) -> Result<CreateReport, CreateError> {
     let start = Instant::now();
-    let state = save_state(vmm)?;
+    let state = save_state(vmm, config)?;
     let memory = memory::save(vmm.guest_memory(), mem_path)?;
     let state_bytes = format::write_file(state_path, &state)?;
     let report = CreateReport {

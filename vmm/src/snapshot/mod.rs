@@ -133,6 +133,23 @@ pub struct DevicesState {
     pub virtio: Vec<VirtioDeviceState>,
 }
 
+/// The root drive, as configured: the one fact about drives no device state carries
+/// (kept so `GET /vm/config` after a load shows the machine as it was configured).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootDriveState {
+    /// The drive id (one of the saved block devices).
+    pub id: String,
+    /// `root=PARTUUID=` instead of `/dev/vda`.
+    pub partuuid: Option<String>,
+}
+
+/// Configuration that is not device state, recorded for `GET /vm/config` after a load.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigState {
+    /// The root drive, if the VM booted from one.
+    pub root_drive: Option<RootDriveState>,
+}
+
 /// A whole microVM: the state file's body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MicrovmState {
@@ -148,6 +165,8 @@ pub struct MicrovmState {
     pub vcpus: Vec<VcpuState>,
     /// Devices.
     pub devices: DevicesState,
+    /// Configuration that is not device state.
+    pub config: ConfigState,
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use super::{CpuInfo, MicrovmState, Persist, VirtioBackendState};
 use crate::arch::x86_64::arch_memory_regions;
 use crate::arch::x86_64::layout::{self, SERIAL_IRQ, SERIAL_PORT_BASE};
 use crate::builder::{console_sink, host_memory_mib, BuildError, ConsoleConfig, MAX_VCPUS};
+use crate::config::{DriveSection, EntropySection, MachineConfig, VmConfig, VsockSection};
 use crate::device_manager::{DeviceManager, LegacyHandle, VirtioHandle};
 use crate::devices::legacy::{BootMarker, SerialDevice, I8042, I8042_PORTS};
 use crate::devices::virtio::block::Block;
@@ -167,7 +168,75 @@ fn validate(
             ));
         }
     }
+    if let Some(root) = &state.config.root_drive {
+        let is_drive = state
+            .devices
+            .virtio
+            .iter()
+            .any(|d| d.id == root.id && matches!(d.backend, VirtioBackendState::Block(_)));
+        if !is_drive {
+            return Err(RestoreError::Invalid(
+                "the root drive is not one of the saved drives".into(),
+            ));
+        }
+        if root.partuuid.as_ref().is_some_and(|p| {
+            p.is_empty() || p.len() > 64 || !p.bytes().all(|b| b.is_ascii_graphic())
+        }) {
+            return Err(RestoreError::Invalid(
+                "the root drive's partuuid is empty, too long or not printable".into(),
+            ));
+        }
+    }
     Ok(())
+}
+
+/// The configuration of the machine `state` describes, as `GET /vm/config` shows it
+/// after a load: vCPUs and memory, the vsock device on the socket it listens on now
+/// (`vsock_override` or the saved path), entropy, and the drives in attach order. No
+/// boot source: a restored VM boots no kernel.
+pub fn restored_config(state: &MicrovmState, vsock_override: Option<&PathBuf>) -> VmConfig {
+    let mut cfg = VmConfig {
+        machine_config: Some(MachineConfig {
+            vcpu_count: state.machine.vcpus,
+            mem_size_mib: state.machine.mem_mib,
+            ..MachineConfig::default()
+        }),
+        ..VmConfig::default()
+    };
+    let root = state.config.root_drive.as_ref();
+    for d in &state.devices.virtio {
+        match &d.backend {
+            VirtioBackendState::Vsock(v) => {
+                cfg.vsock = Some(VsockSection {
+                    guest_cid: v.guest_cid,
+                    uds_path: vsock_override.cloned().unwrap_or(v.uds_path.clone()),
+                    vsock_id: None,
+                })
+            }
+            VirtioBackendState::Entropy(_) => cfg.entropy = Some(EntropySection::default()),
+            VirtioBackendState::Block(b) => {
+                let is_root = root.is_some_and(|r| r.id == d.id);
+                cfg.drives.push(DriveSection {
+                    drive_id: d.id.clone(),
+                    path_on_host: b.path.clone(),
+                    is_root_device: is_root,
+                    is_read_only: b.read_only,
+                    partuuid: root.filter(|_| is_root).and_then(|r| r.partuuid.clone()),
+                })
+            }
+        }
+    }
+    cfg
+}
+
+/// A restored, paused microVM with what the controller records about it.
+pub struct RestoredMicrovm {
+    /// The VM (paused).
+    pub vmm: Vmm,
+    /// Timings.
+    pub report: RestoreReport,
+    /// Its configuration, for `GET /vm/config` ([`restored_config`]).
+    pub config: VmConfig,
 }
 
 /// Build a paused microVM from a snapshot. Devices are registered with `em`; the VM
@@ -179,7 +248,7 @@ pub fn build_microvm_from_snapshot(
     em: &mut EventManager,
     stop: &StopSignal,
     ready_evt: &EventFd,
-) -> Result<(Vmm, RestoreReport), RestoreError> {
+) -> Result<RestoredMicrovm, RestoreError> {
     let start = Instant::now();
     let state: MicrovmState = format::read_file(&args.state_path)?;
     let state_us = start.elapsed().as_micros() as u64;
@@ -363,10 +432,12 @@ pub fn build_microvm_from_snapshot(
         report.total_us,
         report.state_us
     );
-    Ok((
-        Vmm::new(vcpus, clone_stop()?, ready_at, devices, vm, mem),
+    let config = restored_config(&state, args.vsock_override.as_ref());
+    Ok(RestoredMicrovm {
+        vmm: Vmm::new(vcpus, clone_stop()?, ready_at, devices, vm, mem),
         report,
-    ))
+        config,
+    })
 }
 
 #[cfg(test)]
@@ -435,6 +506,110 @@ pub(crate) mod tests {
                 boot_marker: crate::devices::legacy::BootMarkerState { generation: 0 },
                 virtio: vec![],
             },
+            config: Default::default(),
+        }
+    }
+
+    fn virtio(id: &str, backend: VirtioBackendState) -> crate::snapshot::VirtioDeviceState {
+        crate::snapshot::VirtioDeviceState {
+            id: id.into(),
+            transport: crate::devices::virtio::mmio_persist::MmioTransportState {
+                device_type: 0,
+                status: 0,
+                device_features_sel: 0,
+                driver_features_sel: 0,
+                driver_features: 0,
+                queue_sel: 0,
+                interrupt_status: 0,
+                config_generation: 0,
+                queues: vec![],
+            },
+            backend,
+        }
+    }
+
+    fn drive(id: &str, ro: bool) -> crate::snapshot::VirtioDeviceState {
+        virtio(
+            id,
+            VirtioBackendState::Block(crate::devices::virtio::block::persist::BlockState {
+                id: id.into(),
+                path: format!("/img/{id}").into(),
+                read_only: ro,
+                capacity: 1 << 20,
+                acked_features: 0,
+            }),
+        )
+    }
+
+    #[test]
+    fn restored_config_describes_the_machine_and_refuses_a_bad_root() {
+        use crate::devices::virtio::rng::persist::EntropyState;
+        use crate::devices::virtio::vsock::persist::VsockState;
+        use crate::snapshot::RootDriveState;
+        let mut s = state(2, 64);
+        s.devices.virtio = vec![
+            virtio(
+                "vsock",
+                VirtioBackendState::Vsock(VsockState {
+                    guest_cid: 7,
+                    uds_path: "/saved.sock".into(),
+                    acked_features: 0,
+                }),
+            ),
+            virtio(
+                "entropy",
+                VirtioBackendState::Entropy(EntropyState { acked_features: 0 }),
+            ),
+            drive("rootfs", true),
+            drive("data", false),
+        ];
+        s.config.root_drive = Some(RootDriveState {
+            id: "rootfs".into(),
+            partuuid: Some("0eaa91a0-01".into()),
+        });
+        let host = s.cpu.clone();
+        validate(&s, &host, 8).unwrap();
+        let c = restored_config(&s, Some(&PathBuf::from("/clone.sock")));
+        let m = c.machine_config.clone().unwrap();
+        assert_eq!((m.vcpu_count, m.mem_size_mib), (2, 64));
+        let v = c.vsock.clone().unwrap();
+        assert_eq!((v.guest_cid, v.uds_path), (7, PathBuf::from("/clone.sock")));
+        assert!(c.entropy.is_some() && c.boot_source.is_none());
+        let drives: Vec<_> = c
+            .drives
+            .iter()
+            .map(|d| {
+                (
+                    d.drive_id.as_str(),
+                    d.path_on_host.to_str().unwrap(),
+                    d.is_root_device,
+                    d.is_read_only,
+                    d.partuuid.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            drives,
+            [
+                ("rootfs", "/img/rootfs", true, true, Some("0eaa91a0-01")),
+                ("data", "/img/data", false, false, None)
+            ]
+        );
+        c.validate().unwrap();
+        // Without an override the saved socket path is shown.
+        let c = restored_config(&s, None);
+        assert_eq!(c.vsock.unwrap().uds_path, PathBuf::from("/saved.sock"));
+
+        for (root, partuuid) in [("vsock", None), ("nope", None), ("rootfs", Some("a b"))] {
+            let mut bad = s.clone();
+            bad.config.root_drive = Some(RootDriveState {
+                id: root.into(),
+                partuuid: partuuid.map(String::from),
+            });
+            assert!(
+                matches!(validate(&bad, &host, 8), Err(RestoreError::Invalid(_))),
+                "{root} {partuuid:?}"
+            );
         }
     }
 
