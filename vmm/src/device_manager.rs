@@ -9,6 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use event_manager::{SubscriberId, SubscriberOps};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use serde::Serialize;
 use vmm_sys_util::eventfd::EventFd;
@@ -157,6 +158,8 @@ pub struct DeviceManager {
     pio: Vec<PioDevice>,
     mmio: Vec<MmioDevice>,
     cmdline_entries: Vec<String>,
+    /// The event-manager subscriptions of the attached virtio devices.
+    subscribers: Vec<SubscriberId>,
 }
 
 impl DeviceManager {
@@ -303,8 +306,7 @@ impl DeviceManager {
             base,
             layout::VIRTIO_MMIO_SIZE,
         )?;
-        use event_manager::SubscriberOps;
-        em.add_subscriber(device);
+        self.subscribers.push(em.add_subscriber(device));
         self.cmdline_entries
             .push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
         self.mmio.push(MmioDevice {
@@ -317,6 +319,17 @@ impl DeviceManager {
             counters,
         });
         Ok((base, irq))
+    }
+
+    /// Take the attached virtio devices out of `em` (a build that failed half-way, so
+    /// its devices are dropped with the manager: a vsock device's socket path is free
+    /// again for a retry). Idempotent.
+    pub fn remove_subscribers(&mut self, em: &mut EventManager) {
+        for id in self.subscribers.drain(..) {
+            if let Err(e) = em.remove_subscriber(id) {
+                log::warn!("cannot remove a device from the event loop: {e:?}");
+            }
+        }
     }
 
     /// Per-device counters, port-I/O devices first.

@@ -249,6 +249,21 @@ pub fn build_microvm_from_snapshot(
     stop: &StopSignal,
     ready_evt: &EventFd,
 ) -> Result<RestoredMicrovm, RestoreError> {
+    let mut devices = DeviceManager::new();
+    build_from_snapshot(args, em, stop, ready_evt, &mut devices).inspect_err(|_| {
+        // A failed load leaves no device in the event loop (a retry can listen on the
+        // same vsock path).
+        devices.remove_subscribers(em);
+    })
+}
+
+fn build_from_snapshot(
+    args: &RestoreArgs,
+    em: &mut EventManager,
+    stop: &StopSignal,
+    ready_evt: &EventFd,
+    devices: &mut DeviceManager,
+) -> Result<RestoredMicrovm, RestoreError> {
     let start = Instant::now();
     let state: MicrovmState = format::read_file(&args.state_path)?;
     let state_us = start.elapsed().as_micros() as u64;
@@ -275,7 +290,6 @@ pub fn build_microvm_from_snapshot(
         stop.try_clone()
             .map_err(|e| BuildError::Io("clone the stop eventfd", e))
     };
-    let mut devices = DeviceManager::new();
     let irq = EventFd::new(libc::EFD_NONBLOCK)
         .map_err(|e| BuildError::Io("create the serial interrupt eventfd", e))?;
     let sink = console_sink(&args.console, clone_stop()?)?;
@@ -434,7 +448,14 @@ pub fn build_microvm_from_snapshot(
     );
     let config = restored_config(&state, args.vsock_override.as_ref());
     Ok(RestoredMicrovm {
-        vmm: Vmm::new(vcpus, clone_stop()?, ready_at, devices, vm, mem),
+        vmm: Vmm::new(
+            vcpus,
+            clone_stop()?,
+            ready_at,
+            std::mem::take(devices),
+            vm,
+            mem,
+        ),
         report,
         config,
     })
