@@ -776,7 +776,7 @@ mod tests {
             (h.id.as_str(), h.base, h.irq, h.len),
             ("dev2", 0xd000_2000, 7, 0x1000)
         );
-        assert_eq!(dm.metrics()[2].reads, 2);
+        assert_eq!(dm.take_metrics()[2].reads, 2);
         // Each queue eventfd is already an ioeventfd on QueueNotify: registering it
         // again is refused by KVM.
         let d = devices[1].lock().unwrap();

@@ -50,6 +50,10 @@ pub struct AccessCounters {
     pub reads: AtomicU64,
     /// Writes (port I/O OUT or MMIO write).
     pub writes: AtomicU64,
+    /// `reads` at the last metrics flush.
+    flushed_reads: AtomicU64,
+    /// `writes` at the last metrics flush.
+    flushed_writes: AtomicU64,
 }
 
 /// A bus device behind a counter; `on_write` runs after each forwarded write.
@@ -136,7 +140,7 @@ pub struct MmioDevice {
     pub counters: Arc<AccessCounters>,
 }
 
-/// Per-device counters, as written by a metrics flush.
+/// Per-device counters, as written by a metrics flush (increases since the previous one).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct DeviceMetrics {
     /// Device id.
@@ -332,18 +336,20 @@ impl DeviceManager {
         }
     }
 
-    /// Per-device counters, port-I/O devices first.
-    pub fn metrics(&self) -> Vec<DeviceMetrics> {
+    /// Per-device counters for a metrics flush, port-I/O devices first: the accesses
+    /// since the previous call (the first call: since attach).
+    pub fn take_metrics(&self) -> Vec<DeviceMetrics> {
+        use crate::metrics::delta;
         let pio = self.pio.iter().map(|d| DeviceMetrics {
             id: d.id.to_string(),
-            reads: d.counters.reads.load(Ordering::Relaxed),
-            writes: d.counters.writes.load(Ordering::Relaxed),
+            reads: delta(&d.counters.reads, &d.counters.flushed_reads),
+            writes: delta(&d.counters.writes, &d.counters.flushed_writes),
             activated: None,
         });
         let mmio = self.mmio.iter().map(|d| DeviceMetrics {
             id: d.id.clone(),
-            reads: d.counters.reads.load(Ordering::Relaxed),
-            writes: d.counters.writes.load(Ordering::Relaxed),
+            reads: delta(&d.counters.reads, &d.counters.flushed_reads),
+            writes: delta(&d.counters.writes, &d.counters.flushed_writes),
             activated: Some(lock(lock(&d.transport).device()).is_activated()),
         });
         pio.chain(mmio).collect()
@@ -401,7 +407,7 @@ mod tests {
         assert!(dm.io_bus().write(0x440, &[layout::BOOT_MARKER_READY]));
         assert!(dm.io_bus().write(0x440, &[layout::BOOT_MARKER_READY]));
         assert_eq!(evt.read().unwrap(), 1, "exactly one wake-up");
-        let m = dm.metrics();
+        let m = dm.take_metrics();
         assert_eq!(
             m[0],
             DeviceMetrics {
@@ -413,5 +419,10 @@ mod tests {
         );
         assert_eq!((m[1].id.as_str(), m[1].writes), ("boot-marker", 3));
         assert_eq!(dm.pio_devices()[0].irq, Some(7));
+        // The next flush carries only what happened since.
+        assert!(dm.io_bus().write(0x101, &[1]));
+        let m = dm.take_metrics();
+        assert_eq!((m[0].reads, m[0].writes), (0, 1));
+        assert_eq!(m[1].writes, 0);
     }
 }
