@@ -525,8 +525,9 @@ fn clone_of_a_warmed_normal_boot_refuses_invocations_until_restored() {
                 assert!(e.message.contains("Restored"), "{e:?}");
             }
             other => panic!(
-                "invocation {attempt} before Restored was not refused: {other:?}\n{}",
-                c.transcript()
+                "invocation {attempt} before Restored was not refused: {other:?}\n{}\n--- clone console ---\n{}",
+                c.transcript(),
+                std::fs::read_to_string(d.join("console-gate.log")).unwrap_or_default()
             ),
         }
     }

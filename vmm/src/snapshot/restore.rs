@@ -26,7 +26,7 @@ use crate::devices::virtio::VirtioDevice;
 use crate::stop::StopSignal;
 use crate::vmm::Vmm;
 use crate::vstate::memory::register_guest_memory;
-use crate::vstate::vcpu::Vcpu;
+use crate::vstate::vcpu::{Vcpu, VcpuState};
 use crate::vstate::vm::{open_kvm, Vm};
 use crate::EventManager;
 
@@ -109,6 +109,27 @@ pub struct RestoreReport {
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+const AMD_VENDOR: &str = "AuthenticAMD";
+/// TSS descriptor types: available and busy 64-bit TSS.
+const TSS_AVAILABLE: u8 = 9;
+const TSS_BUSY: u8 = 11;
+
+/// `state` with TR's descriptor type as an AMD CPU holds it. On SVM hosts KVM reports TR
+/// as busy (type 11) although the VMCB, which VMLOAD fills the CPU's TR cache from, holds
+/// the type `ltr` loaded (9, available); written back unchanged, the restored vCPU's TR
+/// cache differs from the one it had. Real AMD CPUs never look at the cached type in
+/// 64-bit mode, but a CPU that checks it before consulting the TSS I/O bitmap (QEMU's
+/// SVM emulation, the emulated test host) then faults every user-mode port access of
+/// the restored guest (the agent's restore-generation read). Intel hosts are left alone:
+/// VMX requires the busy type.
+fn with_available_tr(vs: &VcpuState) -> VcpuState {
+    let mut vs = vs.clone();
+    if vs.sregs.tr.type_ == TSS_BUSY {
+        vs.sregs.tr.type_ = TSS_AVAILABLE;
+    }
+    vs
 }
 
 /// Check the machine part of `state` against this host before anything is built.
@@ -419,7 +440,12 @@ fn build_from_snapshot(
         )
         .map_err(BuildError::from)?;
         vcpu.set_saveable_msrs(msr_list.clone());
-        vcpu.restore_state(vs).map_err(step("a vCPU"))?;
+        if host.vendor == AMD_VENDOR {
+            vcpu.restore_state(&with_available_tr(vs))
+        } else {
+            vcpu.restore_state(vs)
+        }
+        .map_err(step("a vCPU"))?;
         vcpus.push(vcpu.start(args.seccomp).map_err(BuildError::from)?);
     }
     // Only now, with every LAPIC restored: an interrupt raised before the vCPUs exist
@@ -632,6 +658,20 @@ pub(crate) mod tests {
                 "{root} {partuuid:?}"
             );
         }
+    }
+
+    #[test]
+    fn amd_restores_tr_as_available_and_keeps_everything_else() {
+        let mut vs = blank_vcpu();
+        vs.sregs.tr.type_ = TSS_BUSY;
+        vs.sregs.tr.limit = 0x4087;
+        vs.regs.rip = 0x1234;
+        let fixed = with_available_tr(&vs);
+        assert_eq!(fixed.sregs.tr.type_, TSS_AVAILABLE);
+        assert_eq!((fixed.sregs.tr.limit, fixed.regs.rip), (0x4087, 0x1234));
+        // Any other type (a state from before the guest loaded its TR) is kept.
+        vs.sregs.tr.type_ = 3;
+        assert_eq!(with_available_tr(&vs).sregs.tr.type_, 3);
     }
 
     #[test]
