@@ -130,6 +130,25 @@ fn write_marker(value: u8) -> io::Result<()> {
     Ok(())
 }
 
+/// Read the VM's restore generation: a 4-byte read of the marker port, which husk
+/// answers with 0 in a booted VM and one more than the snapshotted VM's in a restored
+/// one (a VMM without the register reads as `u32::MAX`). One syscall (`ioperm`, whose
+/// grant is per thread) and one port read, a VM exit: cheap enough per invocation.
+pub fn read_vm_generation() -> io::Result<u32> {
+    // SAFETY: ioperm(2) only changes this thread's I/O permission bitmap.
+    if unsafe { libc::ioperm(libc::c_ulong::from(READY_PORT), 4, 1) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let value: u32;
+    // SAFETY: ioperm above granted access to exactly these 4 ports; reading the VMM's
+    // marker port has no effect on memory.
+    unsafe {
+        std::arch::asm!("in eax, dx", in("dx") READY_PORT, out("eax") value,
+            options(nomem, nostack, preserves_flags));
+    }
+    Ok(value)
+}
+
 /// Write the boot-ready marker to the VMM's I/O port.
 pub fn write_ready_marker() -> io::Result<()> {
     write_marker(READY_VALUE)
@@ -161,6 +180,16 @@ pub struct GuestPlatform;
 impl Platform for GuestPlatform {
     fn shutdown(&self) {
         reboot();
+    }
+
+    fn vm_generation(&self) -> Option<u32> {
+        match read_vm_generation() {
+            Ok(g) => Some(g),
+            Err(e) => {
+                log(&format!("cannot read the VM's restore generation: {e}"));
+                None
+            }
+        }
     }
 
     fn restored(&self, r: &Restored) {

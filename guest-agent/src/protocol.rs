@@ -45,8 +45,14 @@ pub const FEATURE_INVOKE_METADATA: u64 = 1 << 0;
 pub const FEATURE_LOG_FRAMES: u64 = 1 << 1;
 /// Feature bit: a second invocation while one runs is answered with [`ErrorCode::Busy`].
 pub const FEATURE_BUSY: u64 = 1 << 2;
+/// Feature bit: in a VM restored from a snapshot the agent refuses invocations with
+/// [`ErrorCode::AwaitingRestore`] until the host's [`Message::Restored`], whatever the
+/// guest booted with and however the snapshot was taken (it reads the VMM's restore
+/// generation, see `pid1::read_vm_generation`).
+pub const FEATURE_RESTORE_GATE: u64 = 1 << 3;
 /// Every feature this crate implements.
-pub const FEATURES: u64 = FEATURE_INVOKE_METADATA | FEATURE_LOG_FRAMES | FEATURE_BUSY;
+pub const FEATURES: u64 =
+    FEATURE_INVOKE_METADATA | FEATURE_LOG_FRAMES | FEATURE_BUSY | FEATURE_RESTORE_GATE;
 /// Extension tag bit: the receiver must refuse the message if it does not know the tag.
 pub const EXT_REQUIRED: u16 = 0x8000;
 /// Longest request id (visible ASCII, no spaces).

@@ -81,6 +81,11 @@ pub trait Platform: Send + Sync + 'static {
     fn shutdown(&self);
     /// Apply a restore: mix entropy, set the clock.
     fn restored(&self, r: &Restored);
+    /// The VM's restore generation as the VMM reports it (`None`: unknown, e.g. not in
+    /// a VM). It changes when the VM is restored from a snapshot.
+    fn vm_generation(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// Server tunables.
@@ -117,6 +122,9 @@ impl ServerConfig {
 struct State {
     used: bool,
     awaiting_restore: bool,
+    /// The VM generation at boot or at the last Restored: another one means the VM was
+    /// restored from a snapshot and the host has not sent Restored yet.
+    vm_generation: Option<u32>,
     sandbox_id: String,
     restore_generation: u64,
 }
@@ -183,6 +191,7 @@ impl Agent {
         let state = State {
             used: false,
             awaiting_restore: cfg.boot.await_restore,
+            vm_generation: platform.vm_generation(),
             sandbox_id: cfg.boot.sandbox_id.clone().unwrap_or_else(random_id),
             restore_generation: 0,
         };
@@ -259,6 +268,7 @@ impl Agent {
         {
             let mut st = lock(&self.state);
             st.awaiting_restore = false;
+            st.vm_generation = self.platform.vm_generation();
             st.restore_generation += 1;
             st.sandbox_id = r.new_sandbox_id;
         }
@@ -279,6 +289,17 @@ impl Agent {
         }
         let _running = {
             let mut st = lock(&self.state);
+            // Restored from a snapshot since boot or the last Restored: gate from now
+            // on (a snapshot of a normally booted guest restores into clones that must
+            // not serve with the pre-snapshot entropy, clock and sandbox id).
+            if let (Some(seen), Some(now)) = (st.vm_generation, self.platform.vm_generation()) {
+                if seen != now && !st.awaiting_restore {
+                    st.awaiting_restore = true;
+                    log(&format!(
+                        "restored from a snapshot (VM generation {seen} -> {now}): invocations wait for the host's Restored message"
+                    ));
+                }
+            }
             if st.awaiting_restore {
                 return vec![error(ErrorCode::AwaitingRestore, AWAITING_RESTORE)];
             }
@@ -512,3 +533,7 @@ fn error(code: ErrorCode, message: impl Into<String>) -> Message {
 pub fn log(msg: &str) {
     eprintln!("husk-agent: {msg}");
 }
+
+#[cfg(test)]
+#[path = "server/gate_tests.rs"]
+mod gate_tests;

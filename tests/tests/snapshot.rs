@@ -4,8 +4,10 @@
 //! with its own vsock socket, all running at once: each answers its first invocation
 //! with the counter value from before the snapshot plus one. `kill -9` of the VMM in
 //! the middle of a create leaves no state file; a bit-flipped and a truncated state file
-//! are refused cleanly. Also: clones draw different random bytes (a 2-vCPU guest,
-//! snapshotted with a vsock connection open), `husk snapshot create --at-ready`, the
+//! are refused cleanly. Also: five clones draw different random bytes (a 2-vCPU guest,
+//! snapshotted with a vsock connection open), a clone of a warmed, normally booted
+//! sandbox refuses invocations until `Restored` (the restore gate needs no boot option),
+//! `husk snapshot create --at-ready`, the
 //! API-only load (`husk --api-sock` with no config, Firecracker's `PUT /snapshot/load`
 //! body, 400s for a bad path and a second load) and a restored sandbox under
 //! `husk-jailer` (state and memory `--include`d, loaded through the jail's API socket).
@@ -306,6 +308,17 @@ fn warmed_counter_snapshot_restores_into_coexisting_clones() {
     );
 }
 
+/// Five clones of one snapshot of `fn-random` (32 bytes from `getrandom` per request)
+/// give five answers that differ from each other and from the answer before the
+/// snapshot. The worker had already drawn from the kernel's CRNG twice before the
+/// snapshot (at start and in the warm-up invocation), so its per-CPU CRNG state is in
+/// the snapshot, the same in every clone; what makes the clones differ is the agent's
+/// `Restored` handling (credited host entropy, then a forced reseed), which `husk
+/// snapshot restore` sends before the invocation. Without it, clones whose request runs
+/// on the same vCPU would draw identical bytes until the kernel's next periodic reseed
+/// (five clones on two vCPUs: at least three share one), so this test fails without
+/// the reseed unless that reseed happens to fall between restore and request; the
+/// agent's unit tests cover that `Restored` reaches the entropy hook.
 /// Also: the snapshot is of a 2-vCPU guest, and taken while a vsock connection to the
 /// agent is open (the clones drop it on the transport reset and serve new ones).
 #[test]
@@ -320,13 +333,14 @@ fn clones_of_one_snapshot_draw_different_random_bytes() {
     // Warm: the worker has drawn random bytes before the snapshot.
     let before = invoke(&uds, &mut vm, BOOT_TIMEOUT);
     assert_eq!(before.status, Status::Ok);
+    assert_eq!(before.body.len(), 64, "32 bytes in hex");
     let open = AgentClient::connect(&ClientConfig::new(&uds)).unwrap();
     let out = snapshot_via_api(&api, &state, &mem);
     assert!(out.status.success(), "{}", out.stderr_str());
     drop(open);
     vm.kill();
     let mut seen = vec![before.body];
-    for i in 0..3 {
+    for i in 0..CLONES {
         let cuds = d.join(format!("r{i}.sock"));
         let mut c = restore(d, &state, &mem, &cuds, &format!("r{i}"));
         c.wait_for_line("agent restored (generation", BOOT_TIMEOUT)
@@ -334,7 +348,11 @@ fn clones_of_one_snapshot_draw_different_random_bytes() {
         let r = invoke(&cuds, &mut c, STEP_TIMEOUT);
         assert_eq!(r.status, Status::Ok);
         assert_eq!(r.body.len(), 64, "32 bytes in hex");
-        assert!(!seen.contains(&r.body), "clone {i} repeated random bytes");
+        assert!(
+            !seen.contains(&r.body),
+            "clone {i} repeated random bytes: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         seen.push(r.body);
         c.kill();
     }
@@ -449,6 +467,93 @@ fn snapshot_at_ready_then_restore_serves_from_the_ready_state() {
     for f in figures {
         println!("snapshot size benchmark: {f}");
     }
+}
+
+/// The restore gate needs nothing at snapshot time: a sandbox booted normally (no
+/// `husk.await_restore`), warmed with one invocation and snapshotted through the raw API
+/// (`PATCH /vm Paused`, `PUT /snapshot/create`) restores into a clone that refuses an
+/// invocation sent before the host's `Restored` (`--skip-handshake`: husk sends none)
+/// and serves after it, from the warmed state.
+#[test]
+fn clone_of_a_warmed_normal_boot_refuses_invocations_until_restored() {
+    e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
+    let dir = ScratchDir::new("snapshot-gate").unwrap();
+    let d = dir.path();
+    let initrd = pack_worker(d, "fn-counter");
+    let (uds, api) = (d.join("vsock.sock"), d.join("api.sock"));
+    let (state, mem) = (d.join("g.state"), d.join("g.mem"));
+    let mut vm = boot(d, &initrd, &uds, &api);
+    let r = invoke(&uds, &mut vm, BOOT_TIMEOUT);
+    assert_eq!((r.status, r.body), (Status::Ok, b"1".to_vec()), "warmed");
+    let out = snapshot_via_api(&api, &state, &mem);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        out.stderr_str(),
+        vm.transcript()
+    );
+    vm.kill();
+
+    let cuds = d.join("gate.sock");
+    let mut cmd = Command::new(husk());
+    cmd.args(["snapshot", "restore", "--skip-handshake", "--snapshot-path"])
+        .arg(&state)
+        .arg("--mem-file-path")
+        .arg(&mem)
+        .arg("--vsock-uds")
+        .arg(&cuds)
+        .arg("--console")
+        .arg(d.join("console-gate.log"));
+    let mut c = Spawned::spawn(cmd).unwrap();
+    let mut cfg = ClientConfig::new(&cuds);
+    cfg.connect_timeout = Duration::from_secs(10);
+    let mut client = AgentClient::connect_with_retry(&cfg, BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.transcript()));
+    assert!(
+        client.has_feature(husk_agent::protocol::FEATURE_RESTORE_GATE),
+        "the agent announces the restore gate"
+    );
+    let tick = Invoke::new(1, 10_000, b"tick".to_vec());
+    for attempt in 0..2 {
+        match client.invoke(tick.clone(), STEP_TIMEOUT) {
+            Err(husk_agent::client::ClientError::Agent(e)) => {
+                assert_eq!(
+                    e.code,
+                    husk_agent::protocol::ErrorCode::AwaitingRestore as u16,
+                    "attempt {attempt}: {e:?}"
+                );
+                assert!(e.message.contains("Restored"), "{e:?}");
+            }
+            other => panic!(
+                "invocation {attempt} before Restored was not refused: {other:?}\n{}\n--- clone console ---\n{}",
+                c.transcript(),
+                std::fs::read_to_string(d.join("console-gate.log")).unwrap_or_default()
+            ),
+        }
+    }
+    let hello = client
+        .restored(
+            husk_agent::protocol::Restored {
+                entropy_seed: vec![5; 32],
+                wall_clock_ns: 1_800_000_000_000_000_000,
+                new_sandbox_id: "gated-clone".into(),
+            },
+            STEP_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.transcript()));
+    assert_eq!(
+        (hello.sandbox_id.as_str(), hello.restore_generation),
+        ("gated-clone", 1)
+    );
+    let r = client
+        .invoke(tick, STEP_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.transcript()));
+    assert_eq!(
+        (r.status, r.body),
+        (Status::Ok, b"2".to_vec()),
+        "served after Restored, from the warmed counter (1)"
+    );
+    c.kill();
 }
 
 /// One HTTP exchange on the API socket with curl: (status, body).

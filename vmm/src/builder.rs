@@ -467,6 +467,21 @@ pub fn build_microvm_for_boot(
     stop: &StopSignal,
     ready_evt: &EventFd,
 ) -> Result<Vmm, BuildError> {
+    let mut devices = DeviceManager::new();
+    build_for_boot(res, em, stop, ready_evt, &mut devices).inspect_err(|_| {
+        // Nothing of a failed build stays behind: the devices leave the event loop
+        // and are dropped (closing their sockets), so a corrected retry can build.
+        devices.remove_subscribers(em);
+    })
+}
+
+fn build_for_boot(
+    res: &VmResources,
+    em: &mut EventManager,
+    stop: &StopSignal,
+    ready_evt: &EventFd,
+    devices: &mut DeviceManager,
+) -> Result<Vmm, BuildError> {
     res.validate()?;
     let kvm = open_kvm()?;
     if host_kvm_is_pvm() {
@@ -490,9 +505,8 @@ pub fn build_microvm_for_boot(
         None => None,
     };
 
-    let mut devices = DeviceManager::new();
-    let ready_at = attach_legacy_devices(vm.fd(), &mut devices, res, stop, ready_evt)?;
-    attach_virtio_devices(vm.fd(), &mem, &mut devices, em, res)?;
+    let ready_at = attach_legacy_devices(vm.fd(), devices, res, stop, ready_evt)?;
+    attach_virtio_devices(vm.fd(), &mem, devices, em, res)?;
 
     let cmdline = build_cmdline(res, devices.cmdline_entries())?;
     load_cmdline(&mem, GuestAddress(CMDLINE_START), &cmdline).map_err(BuildError::CmdlineWrite)?;
@@ -554,7 +568,14 @@ pub fn build_microvm_for_boot(
     let stop = stop
         .try_clone()
         .map_err(|e| BuildError::Io("clone the stop eventfd", e))?;
-    Ok(Vmm::new(vcpus, stop, ready_at, devices, vm, mem))
+    Ok(Vmm::new(
+        vcpus,
+        stop,
+        ready_at,
+        std::mem::take(devices),
+        vm,
+        mem,
+    ))
 }
 
 /// Write `bytes` at `addr` (helper for tests that build guests by hand).
@@ -755,7 +776,7 @@ mod tests {
             (h.id.as_str(), h.base, h.irq, h.len),
             ("dev2", 0xd000_2000, 7, 0x1000)
         );
-        assert_eq!(dm.metrics()[2].reads, 2);
+        assert_eq!(dm.take_metrics()[2].reads, 2);
         // Each queue eventfd is already an ioeventfd on QueueNotify: registering it
         // again is refused by KVM.
         let d = devices[1].lock().unwrap();

@@ -397,12 +397,13 @@ impl Controller {
         }
     }
 
-    fn metrics_json(&self) -> serde_json::Value {
-        let mut v = crate::metrics::global_json();
+    /// One flush's metrics: counters' increases since the previous flush.
+    fn take_metrics_json(&self) -> serde_json::Value {
+        let mut v = crate::metrics::take_global_json();
         if let Some(o) = v.as_object_mut() {
             let (devices, ready_us) = match &self.vmm {
                 Some(vmm) => (
-                    vmm.devices().metrics(),
+                    vmm.devices().take_metrics(),
                     vmm.ready_at_ns().map(|ns| ns / 1000),
                 ),
                 None => (Vec::new(), None),
@@ -441,7 +442,7 @@ impl Controller {
     }
 
     fn flush_metrics(&mut self) -> Result<(), ActionError> {
-        let body = self.metrics_json();
+        let body = self.take_metrics_json();
         let sink = self.metrics.as_mut().ok_or_else(|| {
             ActionError::Invalid("the metrics system is not configured: PUT /metrics first".into())
         })?;

@@ -9,6 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use event_manager::{SubscriberId, SubscriberOps};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use serde::Serialize;
 use vmm_sys_util::eventfd::EventFd;
@@ -49,6 +50,10 @@ pub struct AccessCounters {
     pub reads: AtomicU64,
     /// Writes (port I/O OUT or MMIO write).
     pub writes: AtomicU64,
+    /// `reads` at the last metrics flush.
+    flushed_reads: AtomicU64,
+    /// `writes` at the last metrics flush.
+    flushed_writes: AtomicU64,
 }
 
 /// A bus device behind a counter; `on_write` runs after each forwarded write.
@@ -135,7 +140,7 @@ pub struct MmioDevice {
     pub counters: Arc<AccessCounters>,
 }
 
-/// Per-device counters, as written by a metrics flush.
+/// Per-device counters, as written by a metrics flush (increases since the previous one).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct DeviceMetrics {
     /// Device id.
@@ -157,6 +162,8 @@ pub struct DeviceManager {
     pio: Vec<PioDevice>,
     mmio: Vec<MmioDevice>,
     cmdline_entries: Vec<String>,
+    /// The event-manager subscriptions of the attached virtio devices.
+    subscribers: Vec<SubscriberId>,
 }
 
 impl DeviceManager {
@@ -303,8 +310,7 @@ impl DeviceManager {
             base,
             layout::VIRTIO_MMIO_SIZE,
         )?;
-        use event_manager::SubscriberOps;
-        em.add_subscriber(device);
+        self.subscribers.push(em.add_subscriber(device));
         self.cmdline_entries
             .push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
         self.mmio.push(MmioDevice {
@@ -319,18 +325,31 @@ impl DeviceManager {
         Ok((base, irq))
     }
 
-    /// Per-device counters, port-I/O devices first.
-    pub fn metrics(&self) -> Vec<DeviceMetrics> {
+    /// Take the attached virtio devices out of `em` (a build that failed half-way, so
+    /// its devices are dropped with the manager: a vsock device's socket path is free
+    /// again for a retry). Idempotent.
+    pub fn remove_subscribers(&mut self, em: &mut EventManager) {
+        for id in self.subscribers.drain(..) {
+            if let Err(e) = em.remove_subscriber(id) {
+                log::warn!("cannot remove a device from the event loop: {e:?}");
+            }
+        }
+    }
+
+    /// Per-device counters for a metrics flush, port-I/O devices first: the accesses
+    /// since the previous call (the first call: since attach).
+    pub fn take_metrics(&self) -> Vec<DeviceMetrics> {
+        use crate::metrics::delta;
         let pio = self.pio.iter().map(|d| DeviceMetrics {
             id: d.id.to_string(),
-            reads: d.counters.reads.load(Ordering::Relaxed),
-            writes: d.counters.writes.load(Ordering::Relaxed),
+            reads: delta(&d.counters.reads, &d.counters.flushed_reads),
+            writes: delta(&d.counters.writes, &d.counters.flushed_writes),
             activated: None,
         });
         let mmio = self.mmio.iter().map(|d| DeviceMetrics {
             id: d.id.clone(),
-            reads: d.counters.reads.load(Ordering::Relaxed),
-            writes: d.counters.writes.load(Ordering::Relaxed),
+            reads: delta(&d.counters.reads, &d.counters.flushed_reads),
+            writes: delta(&d.counters.writes, &d.counters.flushed_writes),
             activated: Some(lock(lock(&d.transport).device()).is_activated()),
         });
         pio.chain(mmio).collect()
@@ -388,7 +407,7 @@ mod tests {
         assert!(dm.io_bus().write(0x440, &[layout::BOOT_MARKER_READY]));
         assert!(dm.io_bus().write(0x440, &[layout::BOOT_MARKER_READY]));
         assert_eq!(evt.read().unwrap(), 1, "exactly one wake-up");
-        let m = dm.metrics();
+        let m = dm.take_metrics();
         assert_eq!(
             m[0],
             DeviceMetrics {
@@ -400,5 +419,10 @@ mod tests {
         );
         assert_eq!((m[1].id.as_str(), m[1].writes), ("boot-marker", 3));
         assert_eq!(dm.pio_devices()[0].irq, Some(7));
+        // The next flush carries only what happened since.
+        assert!(dm.io_bus().write(0x101, &[1]));
+        let m = dm.take_metrics();
+        assert_eq!((m[0].reads, m[0].writes), (0, 1));
+        assert_eq!(m[1].writes, 0);
     }
 }

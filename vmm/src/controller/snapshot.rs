@@ -6,6 +6,7 @@ use super::{error_chain, ActionError, Controller, VmmData};
 use crate::snapshot::create::create_snapshot;
 use crate::snapshot::params::{SnapshotCreateParams, SnapshotLoadParams};
 use crate::snapshot::restore::{build_microvm_from_snapshot, RestoreArgs};
+use crate::snapshot::{ConfigState, RootDriveState};
 use crate::stop::StopReason;
 
 impl Controller {
@@ -25,9 +26,21 @@ impl Controller {
         let Some(vmm) = &self.vmm else {
             return Err(ActionError::NotSupportedPreBoot("PUT /snapshot/create"));
         };
-        let report = create_snapshot(vmm, &p.snapshot_path, &p.mem_file_path).map_err(|e| {
-            ActionError::Failed(format!("cannot create the snapshot: {}", error_chain(&e)))
-        })?;
+        let config = ConfigState {
+            root_drive: self
+                .config
+                .drives
+                .iter()
+                .find(|d| d.is_root_device)
+                .map(|d| RootDriveState {
+                    id: d.drive_id.clone(),
+                    partuuid: d.partuuid.clone(),
+                }),
+        };
+        let report =
+            create_snapshot(vmm, &config, &p.snapshot_path, &p.mem_file_path).map_err(|e| {
+                ActionError::Failed(format!("cannot create the snapshot: {}", error_chain(&e)))
+            })?;
         if self.opts.boot_timer {
             eprintln!(
                 "husk: snapshot created in {} us: state {} bytes, memory {} bytes apparent, {} bytes allocated",
@@ -48,10 +61,11 @@ impl Controller {
             console: self.opts.console.clone(),
             seccomp: self.opts.seccomp,
         };
-        let (vmm, report) =
+        let restored =
             build_microvm_from_snapshot(&args, &mut self.em, &self.stop, &self.ready_evt).map_err(
                 |e| ActionError::Failed(format!("cannot load the snapshot: {}", error_chain(&e))),
             )?;
+        let (vmm, report) = (restored.vmm, restored.report);
         if self.opts.seccomp {
             crate::seccomp::install(crate::seccomp::Thread::Vmm).map_err(|e| {
                 ActionError::Failed(format!("cannot install the seccomp filter: {e}"))
@@ -59,6 +73,12 @@ impl Controller {
         }
         self.vmm = Some(vmm);
         self.paused = true;
+        // GET /vm/config shows the restored machine (logger and metrics stay as set).
+        self.config.boot_source = None;
+        self.config.machine_config = restored.config.machine_config;
+        self.config.drives = restored.config.drives;
+        self.config.vsock = restored.config.vsock;
+        self.config.entropy = restored.config.entropy;
         if p.resume_vm {
             if let Some(vmm) = &self.vmm {
                 vmm.resume().map_err(|e| {

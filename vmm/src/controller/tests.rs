@@ -179,3 +179,84 @@ fn put_drive_adds_replaces_and_keeps_one_root() {
     let resources = c.config.to_resources().unwrap_err();
     assert!(resources.to_string().contains("boot-source"));
 }
+
+/// A minimal x86_64 ELF "kernel": one PT_LOAD segment at 2 MiB holding `code`, entry
+/// at its start.
+fn tiny_elf(code: &[u8]) -> Vec<u8> {
+    const LOAD: u64 = 0x20_0000;
+    let mut f = Vec::new();
+    f.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f.extend_from_slice(&0x3eu16.to_le_bytes()); // x86_64
+    f.extend_from_slice(&1u32.to_le_bytes());
+    f.extend_from_slice(&LOAD.to_le_bytes()); // entry
+    f.extend_from_slice(&64u64.to_le_bytes()); // program headers right after
+    f.extend_from_slice(&0u64.to_le_bytes()); // no section headers
+    f.extend_from_slice(&0u32.to_le_bytes());
+    for v in [64u16, 56, 1, 64, 0, 0] {
+        f.extend_from_slice(&v.to_le_bytes()); // ehsize, phentsize, phnum, shentsize, shnum, shstrndx
+    }
+    f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    f.extend_from_slice(&5u32.to_le_bytes()); // R+X
+    f.extend_from_slice(&120u64.to_le_bytes()); // offset of the code
+    f.extend_from_slice(&LOAD.to_le_bytes()); // vaddr
+    f.extend_from_slice(&LOAD.to_le_bytes()); // paddr
+    f.extend_from_slice(&(code.len() as u64).to_le_bytes());
+    f.extend_from_slice(&(code.len() as u64).to_le_bytes());
+    f.extend_from_slice(&0x1000u64.to_le_bytes());
+    assert_eq!(f.len(), 120);
+    f.extend_from_slice(code);
+    f
+}
+
+/// A start that fails after the devices were attached (the command line is checked
+/// last) leaves nothing registered: the vsock socket is closed and removed, and the
+/// corrected retry builds the VM (listening on the same path) and runs the guest,
+/// whose i8042 reset ends it.
+#[test]
+fn failed_start_rolls_back_so_a_corrected_retry_boots() {
+    use std::os::unix::net::UnixStream;
+    let dir = std::env::temp_dir().join(format!("husk-ctl-retry-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kernel = dir.join("vmlinux");
+    // mov al,0xfe; out 0x64,al; hlt: the i8042 CPU reset.
+    std::fs::write(&kernel, tiny_elf(&[0xb0, 0xfe, 0xe6, 0x64, 0xf4])).unwrap();
+    let uds = dir.join("v.sock");
+    let mut c = Controller::new(ControllerOptions {
+        seccomp: false,
+        console: ConsoleConfig::Null,
+        ..ControllerOptions::default()
+    })
+    .unwrap();
+    let boot = |args: String| BootSource {
+        kernel_image_path: kernel.clone(),
+        initrd_path: None,
+        boot_args: Some(args),
+    };
+    c.handle(VmmAction::PutBootSource(boot("x".repeat(3000))))
+        .unwrap();
+    c.handle(VmmAction::PutVsock(VsockSection {
+        guest_cid: 3,
+        uds_path: uds.clone(),
+        vsock_id: None,
+    }))
+    .unwrap();
+    let e = c.handle(VmmAction::InstanceStart).unwrap_err();
+    assert!(e.to_string().contains("invalid kernel command line"), "{e}");
+    assert!(c.vmm().is_none());
+    assert!(
+        UnixStream::connect(&uds).is_err() && !uds.exists(),
+        "the failed start's vsock device still listens"
+    );
+
+    c.handle(VmmAction::PutBootSource(boot("console=ttyS0 quiet".into())))
+        .unwrap();
+    c.handle(VmmAction::InstanceStart)
+        .unwrap_or_else(|e| panic!("the corrected retry failed: {e}"));
+    assert!(
+        UnixStream::connect(&uds).is_ok(),
+        "the retry's vsock listens"
+    );
+    assert_eq!(c.run().unwrap(), StopReason::Reset, "the guest ran");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -8,7 +8,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use super::format::{self, FormatError};
 use super::memory::{self, MemoryFileError, MemoryFileReport};
 use super::{
-    CpuInfo, DevicesState, MachineState, MicrovmState, Persist, VirtioBackendState,
+    ConfigState, CpuInfo, DevicesState, MachineState, MicrovmState, Persist, VirtioBackendState,
     VirtioDeviceState,
 };
 use crate::device_manager::{LegacyHandle, VirtioHandle};
@@ -26,9 +26,9 @@ pub enum CreateError {
     /// A device state could not be read.
     #[error("cannot save the state of device {0}: {1}")]
     Device(String, String),
-    /// The VM has no serial console (cannot happen for a built VM).
-    #[error("the VM has no serial console to save")]
-    NoSerial,
+    /// The VM lacks a legacy device every built VM has (serial, i8042, boot marker).
+    #[error("the VM has no {0} to save")]
+    MissingDevice(&'static str),
     /// Writing the state file failed.
     #[error("cannot write the snapshot state file")]
     State(#[from] FormatError),
@@ -52,17 +52,33 @@ fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Collect the whole microVM's state. The vCPUs must be paused (the controller
-/// checks); this runs on the VMM thread, so no device work runs concurrently.
-pub fn save_state(vmm: &Vmm) -> Result<MicrovmState, CreateError> {
+/// Collect the whole microVM's state, with `config` (what the configuration said beyond
+/// the devices). The vCPUs must be paused (the controller checks); this runs on the VMM
+/// thread, so no device work runs concurrently.
+pub fn save_state(vmm: &Vmm, config: &ConfigState) -> Result<MicrovmState, CreateError> {
     let vcpus = vmm.save_vcpu_states()?;
     let vm = Persist::save(vmm.vm())?;
-    let mut serial = None;
+    let (mut serial, mut i8042, mut boot_marker) = (None, None, None);
     for d in vmm.devices().pio_devices() {
-        if let LegacyHandle::Serial(s) = &d.handle {
-            serial = Some(lock(s).save());
+        match &d.handle {
+            LegacyHandle::Serial(s) => serial = Some(Persist::save(&*lock(s))),
+            LegacyHandle::I8042(k) => i8042 = Some(Persist::save(&*lock(k))),
+            LegacyHandle::BootMarker(m) => boot_marker = Some(Persist::save(&*lock(m))),
+            #[cfg(test)]
+            LegacyHandle::Other(_) => {}
         }
     }
+    let legacy_err =
+        |id: &str, e: &dyn std::error::Error| CreateError::Device(id.into(), e.to_string());
+    let serial = serial
+        .ok_or(CreateError::MissingDevice("serial console"))?
+        .map_err(|e| legacy_err("serial", &e))?;
+    let i8042 = i8042
+        .ok_or(CreateError::MissingDevice("i8042 controller"))?
+        .map_err(|e| legacy_err("i8042", &e))?;
+    let boot_marker = boot_marker
+        .ok_or(CreateError::MissingDevice("boot marker"))?
+        .map_err(|e| legacy_err("boot-marker", &e))?;
     let mut virtio = Vec::new();
     for d in vmm.devices().mmio_devices() {
         let transport = lock(&d.transport)
@@ -95,9 +111,12 @@ pub fn save_state(vmm: &Vmm) -> Result<MicrovmState, CreateError> {
         vm,
         vcpus,
         devices: DevicesState {
-            serial: serial.ok_or(CreateError::NoSerial)?,
+            serial,
+            i8042,
+            boot_marker,
             virtio,
         },
+        config: config.clone(),
     })
 }
 
@@ -105,11 +124,12 @@ pub fn save_state(vmm: &Vmm) -> Result<MicrovmState, CreateError> {
 /// (memory first: a state file only ever exists next to a complete memory file).
 pub fn create_snapshot(
     vmm: &Vmm,
+    config: &ConfigState,
     state_path: &Path,
     mem_path: &Path,
 ) -> Result<CreateReport, CreateError> {
     let start = Instant::now();
-    let state = save_state(vmm)?;
+    let state = save_state(vmm, config)?;
     let memory = memory::save(vmm.guest_memory(), mem_path)?;
     let state_bytes = format::write_file(state_path, &state)?;
     let report = CreateReport {

@@ -29,8 +29,9 @@ use serde::Serialize;
 
 /// The state file's magic number.
 pub const MAGIC: [u8; 8] = *b"HUSKSNAP";
-/// The format version this build writes and the only one it loads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this build writes and the only one it loads. 2: the i8042 state
+/// and the boot marker's restore generation joined the device states.
+pub const FORMAT_VERSION: u32 = 2;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 28;
 /// Upper bound on the body (a 32-vCPU VM's state is well below 1 MiB).
@@ -271,10 +272,14 @@ mod tests {
     #[test]
     fn other_version_and_magic_and_oversize_say_so() {
         let mut b = encode(&sample()).unwrap();
-        b[8..12].copy_from_slice(&2u32.to_le_bytes());
+        b[8..12].copy_from_slice(&1u32.to_le_bytes());
         let e = decode::<S>(&b).unwrap_err();
-        assert!(matches!(e, FormatError::Version { found: 2 }));
-        assert!(e.to_string().contains("version 2"), "{e}");
+        assert!(matches!(e, FormatError::Version { found: 1 }));
+        assert!(
+            e.to_string().contains("version 1 is not supported")
+                && e.to_string().contains("reads version 2"),
+            "{e}"
+        );
 
         let mut b = encode(&sample()).unwrap();
         b[0] = b'X';

@@ -13,10 +13,10 @@ use super::create::create_snapshot;
 use super::format::{self, FormatError};
 use super::restore::{build_microvm_from_snapshot, RestoreArgs, RestoreError};
 use super::MicrovmState;
-use crate::arch::x86_64::layout::{SERIAL_IRQ, SERIAL_PORT_BASE};
+use crate::arch::x86_64::layout::{self, SERIAL_IRQ, SERIAL_PORT_BASE};
 use crate::builder::ConsoleConfig;
 use crate::device_manager::{DeviceManager, LegacyHandle};
-use crate::devices::legacy::{ConsoleSink, SerialDevice};
+use crate::devices::legacy::{BootMarker, ConsoleSink, SerialDevice, I8042, I8042_PORTS};
 use crate::stop::StopSignal;
 use crate::vmm::Vmm;
 use crate::vstate::memory::{create_guest_memory, register_guest_memory};
@@ -43,8 +43,14 @@ impl Drop for TempDir {
     }
 }
 
-/// A booted-by-hand 32 MiB VM running LOOP in real mode, with a serial console.
+/// A booted-by-hand 32 MiB VM running LOOP in real mode, with a serial console, an
+/// i8042 holding Ctrl+Alt+Del the guest never reads, and the boot marker.
 fn looping_vmm() -> Vmm {
+    looping_vmm_with(None)
+}
+
+/// [`looping_vmm`], plus a vsock device listening on the given path.
+fn looping_vmm_with(vsock: Option<(&mut EventManager, PathBuf)>) -> Vmm {
     let kvm = open_kvm().unwrap();
     let mem = create_guest_memory(32).unwrap();
     mem.write_slice(&LOOP, GuestAddress(CODE)).unwrap();
@@ -70,6 +76,44 @@ fn looping_vmm() -> Vmm {
             None,
         )
         .unwrap();
+    let mut i8042 = I8042::new(stop.try_clone().unwrap())
+        .with_interrupt(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+    i8042.send_ctrl_alt_del().unwrap();
+    devices
+        .attach_pio(
+            "i8042",
+            layout::I8042_PORT_BASE,
+            I8042_PORTS as u16,
+            Some(layout::I8042_IRQ),
+            LegacyHandle::I8042(Arc::new(Mutex::new(i8042))),
+            None,
+        )
+        .unwrap();
+    devices
+        .attach_pio(
+            "boot-marker",
+            layout::BOOT_MARKER_PORT,
+            1,
+            None,
+            LegacyHandle::BootMarker(Arc::new(Mutex::new(BootMarker::new(false)))),
+            None,
+        )
+        .unwrap();
+    if let Some((em, uds)) = vsock {
+        let dev = Arc::new(Mutex::new(
+            crate::devices::virtio::vsock::Vsock::new(3, uds).unwrap(),
+        ));
+        devices
+            .attach_virtio(
+                vm.fd(),
+                &mem,
+                em,
+                "vsock",
+                dev.clone(),
+                crate::device_manager::VirtioHandle::Vsock(dev),
+            )
+            .unwrap();
+    }
     let mut vcpu = Vcpu::new(
         vm.fd(),
         0,
@@ -116,7 +160,7 @@ fn restore(dir: &TempDir) -> Result<Vmm, RestoreError> {
         console: ConsoleConfig::Null,
         seccomp: false,
     };
-    build_microvm_from_snapshot(&args, &mut em, &stop, &ready).map(|(v, _)| v)
+    build_microvm_from_snapshot(&args, &mut em, &stop, &ready).map(|r| r.vmm)
 }
 
 #[test]
@@ -128,7 +172,13 @@ fn paused_guest_is_saved_restored_into_a_fresh_vm_and_continues() {
     vmm.pause().unwrap();
     let saved_count = counter(&vmm);
     assert_ne!(saved_count, 0, "the guest ran");
-    let report = create_snapshot(&vmm, &dir.0.join("state"), &dir.0.join("mem")).unwrap();
+    let report = create_snapshot(
+        &vmm,
+        &Default::default(),
+        &dir.0.join("state"),
+        &dir.0.join("mem"),
+    )
+    .unwrap();
     // A paused guest does not run: the counter did not move while saving.
     assert_eq!(counter(&vmm), saved_count);
     assert_eq!(report.memory.apparent, 32 << 20);
@@ -162,6 +212,17 @@ fn paused_guest_is_saved_restored_into_a_fresh_vm_and_continues() {
         before[0].regs.rcx, saved_rcx,
         "registers come from the file"
     );
+    // The i8042 still holds the keys the guest had not read, and the boot marker
+    // answers one restore generation on.
+    let i8042 = restored.devices().i8042().unwrap().lock().unwrap().save();
+    assert_eq!(i8042, state.devices.i8042);
+    assert_eq!(i8042.output, crate::devices::legacy::i8042::CTRL_ALT_DEL);
+    let mut gen = [0u8; 4];
+    assert!(restored
+        .devices()
+        .io_bus()
+        .read(u64::from(layout::BOOT_MARKER_PORT), &mut gen));
+    assert_eq!(u32::from_le_bytes(gen), 1);
     restored.resume().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     restored.pause().unwrap();
@@ -188,7 +249,13 @@ fn restore_refuses_corrupt_and_mismatched_files() {
     vmm.resume().unwrap();
     std::thread::sleep(Duration::from_millis(50));
     vmm.pause().unwrap();
-    create_snapshot(&vmm, &dir.0.join("state"), &dir.0.join("mem")).unwrap();
+    create_snapshot(
+        &vmm,
+        &Default::default(),
+        &dir.0.join("state"),
+        &dir.0.join("mem"),
+    )
+    .unwrap();
     drop(vmm);
     let state_path = dir.0.join("state");
     let good = std::fs::read(&state_path).unwrap();
@@ -250,4 +317,59 @@ fn restore_refuses_corrupt_and_mismatched_files() {
     f.set_len(1 << 20).unwrap();
     let e = restore(&dir).err().unwrap();
     assert!(e.to_string().contains("memory file"), "{e}");
+}
+
+/// `GET /vm/config` after `PUT /snapshot/load` shows the restored machine: its vCPUs
+/// and memory, and the vsock device on the overriding socket path.
+#[test]
+fn vm_config_after_load_shows_the_restored_machine() {
+    use crate::controller::{Controller, ControllerOptions, VmmAction, VmmData};
+    let dir = TempDir::new("cfg");
+    let mut em = EventManager::new().unwrap();
+    let vmm = looping_vmm_with(Some((&mut em, dir.0.join("saved.sock"))));
+    create_snapshot(
+        &vmm,
+        &Default::default(),
+        &dir.0.join("state"),
+        &dir.0.join("mem"),
+    )
+    .unwrap();
+    drop(vmm);
+
+    let mut c = Controller::new(ControllerOptions {
+        seccomp: false,
+        console: ConsoleConfig::Null,
+        ..ControllerOptions::default()
+    })
+    .unwrap();
+    let clone_sock = dir.0.join("clone.sock");
+    let params = serde_json::from_value(serde_json::json!({
+        "snapshot_path": dir.0.join("state"),
+        "mem_backend": {"backend_type": "File", "backend_path": dir.0.join("mem")},
+        "vsock_override": {"uds_path": clone_sock},
+    }))
+    .unwrap();
+    assert_eq!(
+        c.handle(VmmAction::LoadSnapshot(params)),
+        Ok(VmmData::Empty)
+    );
+    let VmmData::VmConfig(cfg) = c.handle(VmmAction::GetVmConfig).unwrap() else {
+        panic!("GET /vm/config answered something else");
+    };
+    assert_eq!(cfg["machine-config"]["vcpu_count"], 1, "{cfg}");
+    assert_eq!(cfg["machine-config"]["mem_size_mib"], 32, "{cfg}");
+    assert_eq!(cfg["vsock"]["guest_cid"], 3, "{cfg}");
+    assert_eq!(
+        cfg["vsock"]["uds_path"],
+        clone_sock.to_str().unwrap(),
+        "the overriding path, not the saved one: {cfg}"
+    );
+    assert!(cfg["boot-source"].is_null(), "{cfg}");
+    assert_eq!(cfg["drives"], serde_json::json!([]), "{cfg}");
+    // The restored vsock device does listen there.
+    assert!(std::os::unix::net::UnixStream::connect(&clone_sock).is_ok());
+    let VmmData::MachineConfig(m) = c.handle(VmmAction::GetMachineConfig).unwrap() else {
+        panic!("GET /machine-config answered something else");
+    };
+    assert_eq!((m.vcpu_count, m.mem_size_mib), (1, 32));
 }

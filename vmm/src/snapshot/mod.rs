@@ -17,7 +17,8 @@ pub mod restore;
 
 use serde::{Deserialize, Serialize};
 
-use crate::devices::legacy::persist::SerialDeviceState;
+use crate::devices::legacy::persist::{BootMarkerState, SerialDeviceState};
+use crate::devices::legacy::I8042State;
 use crate::devices::virtio::block::persist::BlockState;
 use crate::devices::virtio::mmio_persist::MmioTransportState;
 use crate::devices::virtio::rng::persist::EntropyState;
@@ -124,8 +125,29 @@ pub struct VirtioDeviceState {
 pub struct DevicesState {
     /// The console UART.
     pub serial: SerialDeviceState,
+    /// The i8042 (registers, pending keyboard bytes).
+    pub i8042: I8042State,
+    /// The boot marker (the restore generation).
+    pub boot_marker: BootMarkerState,
     /// virtio-mmio devices, in attach (window) order.
     pub virtio: Vec<VirtioDeviceState>,
+}
+
+/// The root drive, as configured: the one fact about drives no device state carries
+/// (kept so `GET /vm/config` after a load shows the machine as it was configured).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootDriveState {
+    /// The drive id (one of the saved block devices).
+    pub id: String,
+    /// `root=PARTUUID=` instead of `/dev/vda`.
+    pub partuuid: Option<String>,
+}
+
+/// Configuration that is not device state, recorded for `GET /vm/config` after a load.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigState {
+    /// The root drive, if the VM booted from one.
+    pub root_drive: Option<RootDriveState>,
 }
 
 /// A whole microVM: the state file's body.
@@ -143,6 +165,8 @@ pub struct MicrovmState {
     pub vcpus: Vec<VcpuState>,
     /// Devices.
     pub devices: DevicesState,
+    /// Configuration that is not device state.
+    pub config: ConfigState,
 }
 
 #[cfg(test)]

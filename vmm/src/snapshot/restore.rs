@@ -15,6 +15,7 @@ use super::{CpuInfo, MicrovmState, Persist, VirtioBackendState};
 use crate::arch::x86_64::arch_memory_regions;
 use crate::arch::x86_64::layout::{self, SERIAL_IRQ, SERIAL_PORT_BASE};
 use crate::builder::{console_sink, host_memory_mib, BuildError, ConsoleConfig, MAX_VCPUS};
+use crate::config::{DriveSection, EntropySection, MachineConfig, VmConfig, VsockSection};
 use crate::device_manager::{DeviceManager, LegacyHandle, VirtioHandle};
 use crate::devices::legacy::{BootMarker, SerialDevice, I8042, I8042_PORTS};
 use crate::devices::virtio::block::Block;
@@ -25,7 +26,7 @@ use crate::devices::virtio::VirtioDevice;
 use crate::stop::StopSignal;
 use crate::vmm::Vmm;
 use crate::vstate::memory::register_guest_memory;
-use crate::vstate::vcpu::Vcpu;
+use crate::vstate::vcpu::{Vcpu, VcpuState};
 use crate::vstate::vm::{open_kvm, Vm};
 use crate::EventManager;
 
@@ -110,6 +111,27 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+const AMD_VENDOR: &str = "AuthenticAMD";
+/// TSS descriptor types: available and busy 64-bit TSS.
+const TSS_AVAILABLE: u8 = 9;
+const TSS_BUSY: u8 = 11;
+
+/// `state` with TR's descriptor type as an AMD CPU holds it. On SVM hosts KVM reports TR
+/// as busy (type 11) although the VMCB, which VMLOAD fills the CPU's TR cache from, holds
+/// the type `ltr` loaded (9, available); written back unchanged, the restored vCPU's TR
+/// cache differs from the one it had. Real AMD CPUs never look at the cached type in
+/// 64-bit mode, but a CPU that checks it before consulting the TSS I/O bitmap (QEMU's
+/// SVM emulation, the emulated test host) then faults every user-mode port access of
+/// the restored guest (the agent's restore-generation read). Intel hosts are left alone:
+/// VMX requires the busy type.
+fn with_available_tr(vs: &VcpuState) -> VcpuState {
+    let mut vs = vs.clone();
+    if vs.sregs.tr.type_ == TSS_BUSY {
+        vs.sregs.tr.type_ = TSS_AVAILABLE;
+    }
+    vs
+}
+
 /// Check the machine part of `state` against this host before anything is built.
 fn validate(
     state: &MicrovmState,
@@ -167,7 +189,75 @@ fn validate(
             ));
         }
     }
+    if let Some(root) = &state.config.root_drive {
+        let is_drive = state
+            .devices
+            .virtio
+            .iter()
+            .any(|d| d.id == root.id && matches!(d.backend, VirtioBackendState::Block(_)));
+        if !is_drive {
+            return Err(RestoreError::Invalid(
+                "the root drive is not one of the saved drives".into(),
+            ));
+        }
+        if root.partuuid.as_ref().is_some_and(|p| {
+            p.is_empty() || p.len() > 64 || !p.bytes().all(|b| b.is_ascii_graphic())
+        }) {
+            return Err(RestoreError::Invalid(
+                "the root drive's partuuid is empty, too long or not printable".into(),
+            ));
+        }
+    }
     Ok(())
+}
+
+/// The configuration of the machine `state` describes, as `GET /vm/config` shows it
+/// after a load: vCPUs and memory, the vsock device on the socket it listens on now
+/// (`vsock_override` or the saved path), entropy, and the drives in attach order. No
+/// boot source: a restored VM boots no kernel.
+pub fn restored_config(state: &MicrovmState, vsock_override: Option<&PathBuf>) -> VmConfig {
+    let mut cfg = VmConfig {
+        machine_config: Some(MachineConfig {
+            vcpu_count: state.machine.vcpus,
+            mem_size_mib: state.machine.mem_mib,
+            ..MachineConfig::default()
+        }),
+        ..VmConfig::default()
+    };
+    let root = state.config.root_drive.as_ref();
+    for d in &state.devices.virtio {
+        match &d.backend {
+            VirtioBackendState::Vsock(v) => {
+                cfg.vsock = Some(VsockSection {
+                    guest_cid: v.guest_cid,
+                    uds_path: vsock_override.cloned().unwrap_or(v.uds_path.clone()),
+                    vsock_id: None,
+                })
+            }
+            VirtioBackendState::Entropy(_) => cfg.entropy = Some(EntropySection::default()),
+            VirtioBackendState::Block(b) => {
+                let is_root = root.is_some_and(|r| r.id == d.id);
+                cfg.drives.push(DriveSection {
+                    drive_id: d.id.clone(),
+                    path_on_host: b.path.clone(),
+                    is_root_device: is_root,
+                    is_read_only: b.read_only,
+                    partuuid: root.filter(|_| is_root).and_then(|r| r.partuuid.clone()),
+                })
+            }
+        }
+    }
+    cfg
+}
+
+/// A restored, paused microVM with what the controller records about it.
+pub struct RestoredMicrovm {
+    /// The VM (paused).
+    pub vmm: Vmm,
+    /// Timings.
+    pub report: RestoreReport,
+    /// Its configuration, for `GET /vm/config` ([`restored_config`]).
+    pub config: VmConfig,
 }
 
 /// Build a paused microVM from a snapshot. Devices are registered with `em`; the VM
@@ -179,7 +269,22 @@ pub fn build_microvm_from_snapshot(
     em: &mut EventManager,
     stop: &StopSignal,
     ready_evt: &EventFd,
-) -> Result<(Vmm, RestoreReport), RestoreError> {
+) -> Result<RestoredMicrovm, RestoreError> {
+    let mut devices = DeviceManager::new();
+    build_from_snapshot(args, em, stop, ready_evt, &mut devices).inspect_err(|_| {
+        // A failed load leaves no device in the event loop (a retry can listen on the
+        // same vsock path).
+        devices.remove_subscribers(em);
+    })
+}
+
+fn build_from_snapshot(
+    args: &RestoreArgs,
+    em: &mut EventManager,
+    stop: &StopSignal,
+    ready_evt: &EventFd,
+    devices: &mut DeviceManager,
+) -> Result<RestoredMicrovm, RestoreError> {
     let start = Instant::now();
     let state: MicrovmState = format::read_file(&args.state_path)?;
     let state_us = start.elapsed().as_micros() as u64;
@@ -206,7 +311,6 @@ pub fn build_microvm_from_snapshot(
         stop.try_clone()
             .map_err(|e| BuildError::Io("clone the stop eventfd", e))
     };
-    let mut devices = DeviceManager::new();
     let irq = EventFd::new(libc::EFD_NONBLOCK)
         .map_err(|e| BuildError::Io("create the serial interrupt eventfd", e))?;
     let sink = console_sink(&args.console, clone_stop()?)?;
@@ -225,17 +329,25 @@ pub fn build_microvm_from_snapshot(
             None,
         )
         .map_err(BuildError::from)?;
+    let kbd_irq = EventFd::new(libc::EFD_NONBLOCK)
+        .map_err(|e| BuildError::Io("create the i8042 interrupt eventfd", e))?;
+    vm.fd()
+        .register_irqfd(&kbd_irq, layout::I8042_IRQ)
+        .map_err(|e| BuildError::Kvm("register the i8042 irqfd", e))?;
+    let i8042 = <I8042 as Persist>::restore((clone_stop()?, kbd_irq), &state.devices.i8042)
+        .map_err(step("the i8042 controller"))?;
     devices
         .attach_pio(
             "i8042",
             layout::I8042_PORT_BASE,
             I8042_PORTS as u16,
-            None,
-            LegacyHandle::I8042(Arc::new(Mutex::new(I8042::new(clone_stop()?)))),
+            Some(layout::I8042_IRQ),
+            LegacyHandle::I8042(Arc::new(Mutex::new(i8042))),
             None,
         )
         .map_err(BuildError::from)?;
-    let marker = BootMarker::new(false);
+    let marker = <BootMarker as Persist>::restore(clone_stop()?, &state.devices.boot_marker)
+        .map_err(step("the boot marker"))?;
     let ready_at = marker.ready_at();
     let evt = ready_evt
         .try_clone()
@@ -328,7 +440,12 @@ pub fn build_microvm_from_snapshot(
         )
         .map_err(BuildError::from)?;
         vcpu.set_saveable_msrs(msr_list.clone());
-        vcpu.restore_state(vs).map_err(step("a vCPU"))?;
+        if host.vendor == AMD_VENDOR {
+            vcpu.restore_state(&with_available_tr(vs))
+        } else {
+            vcpu.restore_state(vs)
+        }
+        .map_err(step("a vCPU"))?;
         vcpus.push(vcpu.start(args.seccomp).map_err(BuildError::from)?);
     }
     // Only now, with every LAPIC restored: an interrupt raised before the vCPUs exist
@@ -355,10 +472,19 @@ pub fn build_microvm_from_snapshot(
         report.total_us,
         report.state_us
     );
-    Ok((
-        Vmm::new(vcpus, clone_stop()?, ready_at, devices, vm, mem),
+    let config = restored_config(&state, args.vsock_override.as_ref());
+    Ok(RestoredMicrovm {
+        vmm: Vmm::new(
+            vcpus,
+            clone_stop()?,
+            ready_at,
+            std::mem::take(devices),
+            vm,
+            mem,
+        ),
         report,
-    ))
+        config,
+    })
 }
 
 #[cfg(test)]
@@ -423,9 +549,129 @@ pub(crate) mod tests {
                     scratch: 0,
                     in_buffer: vec![],
                 },
+                i8042: crate::devices::legacy::I8042::new(StopSignal::new().unwrap()).save(),
+                boot_marker: crate::devices::legacy::BootMarkerState { generation: 0 },
                 virtio: vec![],
             },
+            config: Default::default(),
         }
+    }
+
+    fn virtio(id: &str, backend: VirtioBackendState) -> crate::snapshot::VirtioDeviceState {
+        crate::snapshot::VirtioDeviceState {
+            id: id.into(),
+            transport: crate::devices::virtio::mmio_persist::MmioTransportState {
+                device_type: 0,
+                status: 0,
+                device_features_sel: 0,
+                driver_features_sel: 0,
+                driver_features: 0,
+                queue_sel: 0,
+                interrupt_status: 0,
+                config_generation: 0,
+                queues: vec![],
+            },
+            backend,
+        }
+    }
+
+    fn drive(id: &str, ro: bool) -> crate::snapshot::VirtioDeviceState {
+        virtio(
+            id,
+            VirtioBackendState::Block(crate::devices::virtio::block::persist::BlockState {
+                id: id.into(),
+                path: format!("/img/{id}").into(),
+                read_only: ro,
+                capacity: 1 << 20,
+                acked_features: 0,
+            }),
+        )
+    }
+
+    #[test]
+    fn restored_config_describes_the_machine_and_refuses_a_bad_root() {
+        use crate::devices::virtio::rng::persist::EntropyState;
+        use crate::devices::virtio::vsock::persist::VsockState;
+        use crate::snapshot::RootDriveState;
+        let mut s = state(2, 64);
+        s.devices.virtio = vec![
+            virtio(
+                "vsock",
+                VirtioBackendState::Vsock(VsockState {
+                    guest_cid: 7,
+                    uds_path: "/saved.sock".into(),
+                    acked_features: 0,
+                }),
+            ),
+            virtio(
+                "entropy",
+                VirtioBackendState::Entropy(EntropyState { acked_features: 0 }),
+            ),
+            drive("rootfs", true),
+            drive("data", false),
+        ];
+        s.config.root_drive = Some(RootDriveState {
+            id: "rootfs".into(),
+            partuuid: Some("0eaa91a0-01".into()),
+        });
+        let host = s.cpu.clone();
+        validate(&s, &host, 8).unwrap();
+        let c = restored_config(&s, Some(&PathBuf::from("/clone.sock")));
+        let m = c.machine_config.clone().unwrap();
+        assert_eq!((m.vcpu_count, m.mem_size_mib), (2, 64));
+        let v = c.vsock.clone().unwrap();
+        assert_eq!((v.guest_cid, v.uds_path), (7, PathBuf::from("/clone.sock")));
+        assert!(c.entropy.is_some() && c.boot_source.is_none());
+        let drives: Vec<_> = c
+            .drives
+            .iter()
+            .map(|d| {
+                (
+                    d.drive_id.as_str(),
+                    d.path_on_host.to_str().unwrap(),
+                    d.is_root_device,
+                    d.is_read_only,
+                    d.partuuid.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            drives,
+            [
+                ("rootfs", "/img/rootfs", true, true, Some("0eaa91a0-01")),
+                ("data", "/img/data", false, false, None)
+            ]
+        );
+        c.validate().unwrap();
+        // Without an override the saved socket path is shown.
+        let c = restored_config(&s, None);
+        assert_eq!(c.vsock.unwrap().uds_path, PathBuf::from("/saved.sock"));
+
+        for (root, partuuid) in [("vsock", None), ("nope", None), ("rootfs", Some("a b"))] {
+            let mut bad = s.clone();
+            bad.config.root_drive = Some(RootDriveState {
+                id: root.into(),
+                partuuid: partuuid.map(String::from),
+            });
+            assert!(
+                matches!(validate(&bad, &host, 8), Err(RestoreError::Invalid(_))),
+                "{root} {partuuid:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn amd_restores_tr_as_available_and_keeps_everything_else() {
+        let mut vs = blank_vcpu();
+        vs.sregs.tr.type_ = TSS_BUSY;
+        vs.sregs.tr.limit = 0x4087;
+        vs.regs.rip = 0x1234;
+        let fixed = with_available_tr(&vs);
+        assert_eq!(fixed.sregs.tr.type_, TSS_AVAILABLE);
+        assert_eq!((fixed.sregs.tr.limit, fixed.regs.rip), (0x4087, 0x1234));
+        // Any other type (a state from before the guest loaded its TR) is kept.
+        vs.sregs.tr.type_ = 3;
+        assert_eq!(with_available_tr(&vs).sregs.tr.type_, 3);
     }
 
     #[test]

@@ -2,6 +2,13 @@
 //! timestamps it (nanoseconds since the VMM process started). The agent writes
 //! [`husk_agent::pid1::FATAL_VALUE`] when it cannot go on: the VM is stopped with
 //! [`StopReason::AgentFatal`] (husk exit status 5).
+//!
+//! A 4-byte read of the port returns the VM's *restore generation* (u32, little
+//! endian): 0 for a booted VM, one more than the snapshotted VM's for a VM restored from
+//! a snapshot. The agent compares it with the value it saw at boot or at its last
+//! `Restored` message, so a clone refuses invocations until the host's handshake however
+//! the snapshot was taken (see `husk_agent::pid1::read_vm_generation`). Other reads
+//! return 0xff bytes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,6 +27,7 @@ pub struct BootMarker {
     ready_at: Arc<AtomicU64>,
     print_to_stderr: bool,
     fatal_stop: Option<StopSignal>,
+    generation: u32,
 }
 
 static ODD_WRITES: RateLimit = RateLimit::new(5, 10_000);
@@ -32,7 +40,19 @@ impl BootMarker {
             ready_at: Arc::new(AtomicU64::new(NOT_READY)),
             print_to_stderr,
             fatal_stop: None,
+            generation: 0,
         }
+    }
+
+    /// Answer generation reads with `generation` (a restored VM's).
+    pub fn with_generation(mut self, generation: u32) -> Self {
+        self.generation = generation;
+        self
+    }
+
+    /// The restore generation the guest reads.
+    pub fn generation(&self) -> u32 {
+        self.generation
     }
 
     /// Stop the VM through `stop` when the agent writes its fatal value.
@@ -48,8 +68,11 @@ impl BootMarker {
 }
 
 impl BusDevice for BootMarker {
-    fn read(&mut self, _offset: u64, data: &mut [u8]) {
-        data.fill(0xff);
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        match (offset, data.len()) {
+            (0, 4) => data.copy_from_slice(&self.generation.to_le_bytes()),
+            _ => data.fill(0xff),
+        }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
@@ -105,6 +128,23 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(2));
         m.write(0, &[0x7b]);
         assert_eq!(at.load(Ordering::SeqCst), first);
+    }
+
+    #[test]
+    fn generation_is_read_as_four_bytes_only() {
+        let mut m = BootMarker::new(false);
+        let mut d = [0u8; 4];
+        m.read(0, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 0, "a booted VM is generation 0");
+        let mut m = m.with_generation(0x0102_0304);
+        m.read(0, &mut d);
+        assert_eq!(d, [4, 3, 2, 1]);
+        let mut b = [0u8; 1];
+        m.read(0, &mut b);
+        assert_eq!(b, [0xff], "one-byte reads stay 0xff");
+        let mut w = [0u8; 2];
+        m.read(0, &mut w);
+        assert_eq!(w, [0xff, 0xff]);
     }
 
     #[test]

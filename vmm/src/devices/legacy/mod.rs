@@ -9,4 +9,5 @@ pub mod serial;
 
 pub use i8042::{I8042State, I8042, I8042_PORTS};
 pub use marker::BootMarker;
+pub use persist::BootMarkerState;
 pub use serial::{ConsoleSink, SerialDevice};

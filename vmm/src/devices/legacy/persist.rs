@@ -1,6 +1,7 @@
 //! Saving and restoring the legacy devices. The UART's registers and receive FIFO are
-//! saved; the i8042 only implements the CPU-reset command and has no state a guest can
-//! observe across a snapshot; the boot marker is not saved (a restored VM is ready).
+//! saved here; the i8042's registers and pending keyboard bytes are its
+//! [`I8042State`](super::I8042State) (in `i8042.rs`); of the boot marker only the restore
+//! generation is saved (a restored VM is past its ready marker).
 
 use serde::{Deserialize, Serialize};
 use vm_superio::serial::{NoEvents, SerialState};
@@ -34,6 +35,15 @@ pub struct SerialDeviceState {
     pub scratch: u8,
     /// Receive FIFO.
     pub in_buffer: Vec<u8>,
+}
+
+/// The saved state of the boot marker: the VM's restore generation. A VM restored
+/// from it answers generation reads with one more (see `marker.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootMarkerState {
+    /// The generation of the VM the snapshot was taken of.
+    pub generation: u32,
 }
 
 /// A UART state that cannot be restored.
