@@ -16,6 +16,8 @@ pub const FUNCTION_CONFIG_PATH: &str = "/husk/function.json";
 pub const DEFAULT_DEADLINE_MS: u32 = 30_000;
 /// Longest deadline the agent accepts (15 minutes).
 pub const MAX_DEADLINE_MS: u32 = 15 * 60 * 1000;
+/// Default bound on a worker's initialisation (spawn -> its ready frame).
+pub const DEFAULT_INIT_TIMEOUT_MS: u32 = 60_000;
 /// Default cap on captured stdout.
 pub const DEFAULT_OUTPUT_CAP: usize = DEFAULT_PAYLOAD_LIMIT;
 /// Largest function config file read.
@@ -196,6 +198,16 @@ pub struct FunctionConfig {
     /// Working directory.
     #[serde(default = "default_workdir")]
     pub workdir: PathBuf,
+    /// Worker mode: the worker writes a ready frame ([`crate::worker::STATUS_READY`])
+    /// when its initialisation is done, and the agent waits for it before it reports
+    /// ready. `false` for a worker that does not send one: it counts as ready as soon
+    /// as it was started.
+    #[serde(default = "default_true")]
+    pub ready_frame: bool,
+    /// Worker mode: how long the agent waits for the ready frame (at boot and when it
+    /// restarts a worker) before it gives up on the worker.
+    #[serde(default = "default_init_timeout")]
+    pub init_timeout_ms: u32,
 }
 
 fn default_deadline() -> u32 {
@@ -206,6 +218,12 @@ fn default_output_cap() -> usize {
 }
 fn default_workdir() -> PathBuf {
     PathBuf::from("/")
+}
+fn default_true() -> bool {
+    true
+}
+fn default_init_timeout() -> u32 {
+    DEFAULT_INIT_TIMEOUT_MS
 }
 
 impl FunctionConfig {
@@ -219,6 +237,8 @@ impl FunctionConfig {
             deadline_ms: DEFAULT_DEADLINE_MS,
             output_cap: DEFAULT_OUTPUT_CAP,
             workdir: default_workdir(),
+            ready_frame: true,
+            init_timeout_ms: DEFAULT_INIT_TIMEOUT_MS,
         }
     }
 
@@ -228,6 +248,12 @@ impl FunctionConfig {
             return Err(ConfigError::Invalid(format!(
                 "deadline_ms must be 1..={MAX_DEADLINE_MS}, got {}",
                 self.deadline_ms
+            )));
+        }
+        if self.init_timeout_ms == 0 || self.init_timeout_ms > MAX_DEADLINE_MS {
+            return Err(ConfigError::Invalid(format!(
+                "init_timeout_ms must be 1..={MAX_DEADLINE_MS}, got {}",
+                self.init_timeout_ms
             )));
         }
         if self.output_cap == 0 || self.output_cap > 1 << 30 {
@@ -324,6 +350,18 @@ mod tests {
         let minimal = br#"{"path":"/f","mode":"exec"}"#;
         let m = FunctionConfig::from_json(Path::new("x"), minimal).unwrap();
         assert_eq!(m.deadline_ms, DEFAULT_DEADLINE_MS);
+        assert_eq!(
+            (m.ready_frame, m.init_timeout_ms),
+            (true, DEFAULT_INIT_TIMEOUT_MS)
+        );
+        let opt_out = br#"{"path":"/f","mode":"worker","ready_frame":false,"init_timeout_ms":500}"#;
+        let o = FunctionConfig::from_json(Path::new("x"), opt_out).unwrap();
+        assert_eq!((o.ready_frame, o.init_timeout_ms), (false, 500));
+        let no_time = br#"{"path":"/f","mode":"worker","init_timeout_ms":0}"#;
+        assert!(matches!(
+            FunctionConfig::from_json(Path::new("x"), no_time),
+            Err(ConfigError::Invalid(_))
+        ));
         let unknown = br#"{"path":"/f","mode":"exec","bogus":1}"#;
         assert!(matches!(
             FunctionConfig::from_json(Path::new("x"), unknown),

@@ -48,6 +48,50 @@ pub enum RunError {
     /// A pipe or thread could not be set up.
     #[error("cannot set up the function's pipes or threads")]
     Setup(#[source] io::Error),
+    /// A worker did not report the end of its initialisation (see
+    /// [`crate::worker`]'s ready frame).
+    #[error(
+        "worker {path} {why}; a worker writes the ready frame (status byte 2, length 0) on \
+         HUSK_RESPONSE_FD once its initialisation is done, or its function.json sets \
+         \"ready_frame\": false{}",
+        stderr_note(.stderr)
+    )]
+    NotReady {
+        /// The executable.
+        path: String,
+        /// What happened instead.
+        why: NotReady,
+        /// The end of what the worker wrote on stderr meanwhile.
+        stderr: String,
+    },
+}
+
+/// How a worker failed to become ready.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    /// It exited first.
+    #[error("exited ({0}) before its ready frame")]
+    Exited(String),
+    /// It closed its response descriptor first but did not exit.
+    #[error("closed its response descriptor before its ready frame")]
+    Closed,
+    /// Its first frame was something else.
+    #[error("wrote something else before its ready frame: {0}")]
+    BadFrame(String),
+    /// Nothing (or an incomplete frame) within the bound.
+    #[error("sent no ready frame within init_timeout_ms={0}")]
+    Timeout(u32),
+}
+
+/// Most stderr bytes quoted in a [`RunError::NotReady`] message.
+const NOT_READY_STDERR: usize = 1024;
+
+fn stderr_note(s: &str) -> String {
+    if s.is_empty() {
+        String::new()
+    } else {
+        format!("; its stderr ended with: {s}")
+    }
 }
 
 /// What an invocation produced.
@@ -446,7 +490,11 @@ pub struct Worker {
 
 impl Worker {
     /// Start the worker process: requests on its stdin, responses on descriptor
-    /// [`worker::RESPONSE_FD`], stdout and stderr captured as logs.
+    /// [`worker::RESPONSE_FD`], stdout and stderr captured as logs. Returns once the
+    /// worker sent its ready frame (its initialisation is done), or right after the
+    /// start when the config sets `ready_frame: false`; a worker that exits, writes
+    /// another frame first, or stays silent past `init_timeout_ms` is killed and
+    /// reported as [`RunError::NotReady`].
     pub fn start(reaper: &Reaper, cfg: &FunctionConfig) -> Result<Self, RunError> {
         let (resp_read, resp_write) = pipe().map_err(RunError::Setup)?;
         let FunctionProcess {
@@ -459,11 +507,22 @@ impl Worker {
         drop(resp_write);
         let fail = |e: io::Error| abort_spawn(reaper, pid, e);
         let (tx, responses) = mpsc::channel();
+        // One message at most: the outcome of reading the ready frame.
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let cap = cfg.output_cap;
+        let wants_ready = cfg.ready_frame;
         thread::Builder::new()
             .name("worker-responses".into())
             .spawn(move || {
                 let mut input = io::BufReader::new(std::fs::File::from(resp_read));
+                if wants_ready {
+                    let r = worker::read_ready(&mut input);
+                    let failed = r.is_err();
+                    if ready_tx.send(r).is_err() || failed {
+                        return;
+                    }
+                }
+                drop(ready_tx);
                 loop {
                     let r = worker::read_response(&mut input, cap);
                     let failed = r.is_err();
@@ -486,13 +545,53 @@ impl Worker {
             .map_err(fail)?;
         spawn_log_reader(stderr, LogStream::Stderr, output.clone(), log_busy.clone())
             .map_err(fail)?;
-        Ok(Self {
+        let w = Self {
             pid,
             stdin: Arc::new(Mutex::new(stdin)),
             responses,
             output,
             log_pipes,
             log_busy,
+        };
+        if wants_ready {
+            w.wait_ready(reaper, cfg, &ready_rx)?;
+        }
+        Ok(w)
+    }
+
+    /// Wait (at most `cfg.init_timeout_ms`) for the outcome of reading the worker's
+    /// ready frame. On failure the worker is killed and reaped, and the error says what
+    /// it did instead, with the end of its stderr.
+    fn wait_ready(
+        &self,
+        reaper: &Reaper,
+        cfg: &FunctionConfig,
+        ready: &Receiver<io::Result<()>>,
+    ) -> Result<(), RunError> {
+        let bound = Duration::from_millis(u64::from(cfg.init_timeout_ms));
+        let why = match ready.recv_timeout(bound) {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::InvalidData => {
+                NotReady::BadFrame(e.to_string())
+            }
+            // End of the response pipe (or its reader gone): the worker exited or
+            // closed the descriptor.
+            Ok(Err(_)) | Err(RecvTimeoutError::Disconnected) => {
+                match reaper.wait_timeout(self.pid, Some(GRACE)) {
+                    Some(Exit::Code(c)) => NotReady::Exited(format!("status {c}")),
+                    Some(Exit::Signal(s)) => NotReady::Exited(format!("signal {s}")),
+                    None => NotReady::Closed,
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => NotReady::Timeout(cfg.init_timeout_ms),
+        };
+        self.kill(reaper);
+        let tail = self.output_since(0);
+        let tail = &tail[tail.len().saturating_sub(NOT_READY_STDERR)..];
+        Err(RunError::NotReady {
+            path: cfg.path.display().to_string(),
+            why,
+            stderr: String::from_utf8_lossy(tail).trim().to_string(),
         })
     }
 
@@ -615,6 +714,153 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Mode;
+    use crate::reaper::process_alive;
+
+    /// The ready frame, as `printf` writes it.
+    const READY: &str = r"printf '\2\0\0\0\0' >&3";
+    /// Read a byte of the request, answer `ok` (status 0, length 2), keep stdin open.
+    const ANSWER_OK: &str = r"head -c 1 >/dev/null; printf '\0\2\0\0\0ok' >&3; cat >/dev/null";
+
+    fn sh_worker(script: &str) -> FunctionConfig {
+        let mut c = FunctionConfig::new("/bin/sh", Mode::Worker);
+        c.args = vec!["-c".into(), script.into()];
+        c.init_timeout_ms = 2000;
+        c
+    }
+
+    fn not_ready(r: Result<Worker, RunError>) -> (NotReady, String) {
+        match r {
+            Err(RunError::NotReady { why, stderr, .. }) => (why, stderr),
+            Err(e) => panic!("expected NotReady, got {e}"),
+            Ok(_) => panic!("expected NotReady, the worker started"),
+        }
+    }
+
+    /// The pid a test worker printed on stderr as `pid=N`.
+    fn pid_in(stderr: &str) -> i32 {
+        let n = stderr
+            .split("pid=")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{stderr}"));
+        n.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
+    fn invoke_ok(w: &mut Worker, reaper: &Reaper) {
+        let (o, alive) = w.invoke(
+            reaper,
+            RequestMeta::default(),
+            b"x".to_vec(),
+            Duration::from_secs(5),
+            None,
+        );
+        assert_eq!(
+            (o.status, o.body.as_slice(), alive),
+            (Status::Ok, &b"ok"[..], true)
+        );
+    }
+
+    #[test]
+    fn start_returns_after_the_ready_frame_and_responses_follow() {
+        let reaper = Reaper::per_child();
+        let t = Instant::now();
+        let mut w = Worker::start(
+            &reaper,
+            &sh_worker(&format!("sleep 0.4; {READY}; {ANSWER_OK}")),
+        )
+        .unwrap();
+        assert!(
+            t.elapsed() >= Duration::from_millis(400),
+            "did not wait for the init"
+        );
+        invoke_ok(&mut w, &reaper);
+        w.kill(&reaper);
+    }
+
+    #[test]
+    fn silent_worker_times_out_is_killed_and_its_stderr_is_quoted() {
+        let reaper = Reaper::per_child();
+        let t = Instant::now();
+        let mut cfg = sh_worker("echo pid=$$ importing >&2; exec sleep 30");
+        cfg.init_timeout_ms = 300;
+        let (why, stderr) = not_ready(Worker::start(&reaper, &cfg));
+        assert_eq!(why, NotReady::Timeout(300));
+        assert!(stderr.contains("importing"), "{stderr}");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        assert!(
+            !process_alive(pid_in(&stderr)),
+            "the silent worker still runs"
+        );
+        // An incomplete ready frame is the same: it never completes.
+        cfg.args[1] = r"printf '\2\0' >&3; exec sleep 30".into();
+        assert_eq!(
+            not_ready(Worker::start(&reaper, &cfg)).0,
+            NotReady::Timeout(300)
+        );
+    }
+
+    #[test]
+    fn worker_exiting_before_ready_is_reported_with_its_status() {
+        let reaper = Reaper::per_child();
+        let t = Instant::now();
+        let (why, stderr) = not_ready(Worker::start(
+            &reaper,
+            &sh_worker("echo 'ImportError: no module named x' >&2; exit 7"),
+        ));
+        assert_eq!(why, NotReady::Exited("status 7".into()));
+        assert_eq!(stderr, "ImportError: no module named x");
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        let e = RunError::NotReady {
+            path: "/f".into(),
+            why,
+            stderr,
+        };
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("worker /f exited (status 7) before its ready frame;")
+                && msg.ends_with("its stderr ended with: ImportError: no module named x"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn another_frame_before_ready_is_refused_and_the_worker_killed() {
+        let reaper = Reaper::per_child();
+        let t = Instant::now();
+        // A response first (status 0, "hi"), then it would serve forever.
+        let (why, stderr) = not_ready(Worker::start(
+            &reaper,
+            &sh_worker(r"echo pid=$$ >&2; printf '\0\2\0\0\0hi' >&3; exec sleep 30"),
+        ));
+        assert!(
+            matches!(&why, NotReady::BadFrame(m) if m.contains("status byte 0 and length 2")),
+            "{why:?}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        assert!(!process_alive(pid_in(&stderr)));
+        // A flood of garbage: only five bytes are read, then the worker is killed.
+        let (why, _) = not_ready(Worker::start(
+            &reaper,
+            &sh_worker("head -c 100000000 /dev/urandom >&3"),
+        ));
+        assert!(matches!(why, NotReady::BadFrame(_)), "{why:?}");
+    }
+
+    #[test]
+    fn opted_out_worker_is_ready_once_started() {
+        let reaper = Reaper::per_child();
+        let mut cfg = sh_worker(&format!("sleep 1; {ANSWER_OK}"));
+        cfg.ready_frame = false;
+        let t = Instant::now();
+        let mut w = Worker::start(&reaper, &cfg).unwrap();
+        assert!(
+            t.elapsed() < Duration::from_millis(800),
+            "{:?}",
+            t.elapsed()
+        );
+        invoke_ok(&mut w, &reaper);
+        w.kill(&reaper);
+    }
 
     #[test]
     fn tail_keeps_last_bytes_since_mark() {

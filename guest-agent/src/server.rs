@@ -178,7 +178,8 @@ pub fn random_id() -> String {
 }
 
 impl Agent {
-    /// Create the agent and, in worker mode, start the function.
+    /// Create the agent and, in worker mode, start the function and wait until it is
+    /// initialised (its ready frame; see [`Worker::start`]).
     pub fn new(
         cfg: ServerConfig,
         reaper: Reaper,
@@ -392,7 +393,8 @@ impl Agent {
         let (outcome, alive) = w.invoke(&self.reaper, meta, payload, deadline, logs);
         if !alive {
             *slot = None;
-            // Restart right away so the next invocation (reuse mode) finds it warm.
+            // Restart right away so the next invocation (reuse mode) finds it warm. The
+            // restart waits for the new worker's ready frame, bounded by init_timeout_ms.
             if self.cfg.boot.reuse {
                 match Worker::start(&self.reaper, &self.cfg.function) {
                     Ok(w) => *slot = Some(w),

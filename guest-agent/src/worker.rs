@@ -9,6 +9,15 @@
 //!   Unknown keys must be ignored (new keys may be added); values never hold CR or LF.
 //! - response: one status byte (`0` ok, `1` function error), a `u32` LE body length,
 //!   then the body bytes.
+//! - ready: before its first response, once its initialisation (imports, loading
+//!   models, warming caches) is done, the worker writes one *ready frame*: status byte
+//!   `2`, body length `0` (five bytes: `02 00 00 00 00`). The agent writes the VM's
+//!   boot-ready marker only after it (so a snapshot taken at ready holds the initialised
+//!   worker), waiting at most `init_timeout_ms` (function.json, default 60 s); a worker
+//!   that exits, writes anything else first or stays silent that long has failed to
+//!   start. A worker that cannot send it sets `"ready_frame": false` in function.json
+//!   and counts as ready once started. [`serve`] sends it when called, so a Rust
+//!   function does its initialisation before calling [`serve`].
 //!
 //! The worker's stdout and stderr are its log streams: the agent keeps the last 4 KiB
 //! of stderr for the result and, when the host asks, sends both as Log frames. [`serve`]
@@ -20,6 +29,10 @@ use std::io::{self, Read, Write};
 pub const STATUS_OK: u8 = 0;
 /// Status byte: the function reports an error.
 pub const STATUS_ERROR: u8 = 1;
+/// Status byte of the ready frame (body length 0): the worker finished initialising.
+pub const STATUS_READY: u8 = 2;
+/// The ready frame's bytes.
+pub const READY_FRAME: [u8; 5] = [STATUS_READY, 0, 0, 0, 0];
 /// Largest request a worker accepts through [`serve`] (64 MiB).
 pub const MAX_REQUEST: usize = 64 * 1024 * 1024;
 /// Largest request header (request id, deadline, up to 64 env variables of 4 KiB).
@@ -171,6 +184,32 @@ pub fn write_response<W: Write>(w: &mut W, ok: bool, body: &[u8]) -> io::Result<
     w.flush()
 }
 
+/// Write the ready frame (see the module docs): the worker's initialisation is done.
+pub fn write_ready<W: Write>(w: &mut W) -> io::Result<()> {
+    w.write_all(&READY_FRAME)?;
+    w.flush()
+}
+
+/// Read the worker's first frame and check it is the ready frame. `UnexpectedEof`: the
+/// worker closed its response descriptor (exited) first; `InvalidData`: it wrote
+/// another frame first. Reads exactly five bytes, whatever the worker wrote.
+pub fn read_ready<R: Read>(r: &mut R) -> io::Result<()> {
+    let mut head = [0u8; 5];
+    r.read_exact(&mut head)?;
+    if head == READY_FRAME {
+        return Ok(());
+    }
+    let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "its first frame has status byte {} and length {len}, not the ready frame \
+             (status {STATUS_READY}, length 0)",
+            head[0]
+        ),
+    ))
+}
+
 /// Read one response frame, keeping at most `cap` body bytes and draining the rest.
 /// The worker is untrusted: a bad status byte is an error, and a huge length only costs
 /// reading time (the caller's deadline bounds it).
@@ -183,7 +222,7 @@ pub fn read_response<R: Read>(r: &mut R, cap: usize) -> io::Result<Response> {
         other => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("worker wrote status byte {other}; expected 0 or 1"),
+                format!("worker wrote status byte {other}; expected 0 or 1 (a ready frame, 2, comes only once, first)"),
             ))
         }
     };
@@ -257,17 +296,24 @@ fn response_file() -> io::Result<Option<std::fs::File>> {
     Ok(Some(unsafe { std::fs::File::from_raw_fd(fd) }))
 }
 
-/// Serve requests on stdin until it closes, answering on the response descriptor
-/// (stdout when `HUSK_RESPONSE_FD` is unset, e.g. when run by hand). For worker-mode
-/// functions; call it once.
+/// Send the ready frame, then serve requests on stdin until it closes, answering on the
+/// response descriptor (stdout when `HUSK_RESPONSE_FD` is unset, e.g. when run by
+/// hand). For worker-mode functions: do the initialisation first, then call it once.
 pub fn serve<F>(handler: F) -> io::Result<()>
 where
     F: FnMut(&Request) -> Result<Vec<u8>, Vec<u8>>,
 {
     let stdin = io::stdin();
     match response_file()? {
-        Some(mut f) => serve_io(&mut stdin.lock(), &mut f, handler),
-        None => serve_io(&mut stdin.lock(), &mut io::stdout().lock(), handler),
+        Some(mut f) => {
+            write_ready(&mut f)?;
+            serve_io(&mut stdin.lock(), &mut f, handler)
+        }
+        None => {
+            let mut out = io::stdout().lock();
+            write_ready(&mut out)?;
+            serve_io(&mut stdin.lock(), &mut out, handler)
+        }
     }
 }
 
@@ -332,6 +378,35 @@ mod tests {
         );
         let mut cur = Cursor::new(vec![0u8, 50, 0, 0, 0, b'a']);
         assert!(read_response(&mut cur, 10).is_err());
+    }
+
+    #[test]
+    fn ready_frame_is_recognised_and_anything_else_is_not() {
+        let mut buf = Vec::new();
+        write_ready(&mut buf).unwrap();
+        write_response(&mut buf, true, b"after").unwrap();
+        let mut cur = Cursor::new(buf);
+        read_ready(&mut cur).unwrap();
+        // Exactly five bytes were consumed: the stream stays in sync.
+        assert_eq!(read_response(&mut cur, 10).unwrap().body, b"after");
+        // A response first, a ready frame with a body, a short frame, nothing.
+        let mut resp = Vec::new();
+        write_response(&mut resp, true, b"").unwrap();
+        for (bytes, kind) in [
+            (resp, io::ErrorKind::InvalidData),
+            (vec![2u8, 1, 0, 0, 0, b'x'], io::ErrorKind::InvalidData),
+            (vec![2u8, 0, 0], io::ErrorKind::UnexpectedEof),
+            (vec![], io::ErrorKind::UnexpectedEof),
+        ] {
+            let e = read_ready(&mut Cursor::new(bytes.clone())).unwrap_err();
+            assert_eq!(e.kind(), kind, "{bytes:?}");
+        }
+        // A ready frame where a response is due is a protocol error.
+        let mut cur = Cursor::new(READY_FRAME.to_vec());
+        assert_eq!(
+            read_response(&mut cur, 10).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
     }
 
     #[test]

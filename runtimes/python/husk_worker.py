@@ -8,8 +8,12 @@ Each request arrives on stdin as a u32 little-endian header length, the header (
 variable; unknown keys are ignored), a u32 little-endian payload length and the
 payload. Each answer goes to the response descriptor named by HUSK_RESPONSE_FD (3 under
 the agent; stdout when the variable is unset) as a status byte (0 ok, 1 error), a u32
-little-endian length and the body. The module is imported once, at start-up (so a
-snapshot taken after boot holds it imported and warm). The event is the payload
+little-endian length and the body. The module is imported once, at start-up; then the
+shim writes the ready frame (status byte 2, length 0) there, which tells the agent the
+function is initialised: only then does the agent report the sandbox ready, so a
+snapshot taken at ready (`husk snapshot create --at-ready`) holds it imported and warm.
+An import that fails exits the shim before the ready frame (the boot fails, with the
+traceback in the agent's message). The event is the payload
 decoded as JSON when it is valid JSON, otherwise the raw bytes; a handler with two
 parameters also gets a context dict (`request_id`, `deadline_unix_ms`, `env`). A handler
 returning bytes is answered as is, a str as UTF-8, anything else as JSON. An exception
@@ -26,6 +30,7 @@ import traceback
 
 STATUS_OK = 0
 STATUS_ERROR = 1
+STATUS_READY = 2
 MAX_REQUEST = 64 * 1024 * 1024
 
 
@@ -132,6 +137,9 @@ def main():
     else:
         frames_out = os.fdopen(int(fd), "wb", buffering=0)
     handler = load_handler(sys.argv[1])
+    # Initialisation done: the ready frame, before any response.
+    frames_out.write(struct.pack("<BI", STATUS_READY, 0))
+    frames_out.flush()
     serve(handler, sys.stdin.buffer, frames_out)
 
 

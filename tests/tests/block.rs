@@ -7,10 +7,14 @@
 //! on the host with debugfs after a clean shutdown); a Python function (Debian's
 //! python3 and the stdlib files it needs, laid out by runtimes/python/build-rootfs.py,
 //! the worker shim runtimes/python/husk_worker.py, functions/python/echo.py) answers;
-//! the Python worker running functions/python/imports.py, snapshotted with
+//! the ready marker waits for the worker's initialisation (imports.py sleeping 3 s at
+//! import finishes it, in guest monotonic time, no later than husk's ready time); a
+//! worker that exits before its ready frame is fatal at boot (husk exits 5); the Python
+//! worker running functions/python/imports.py (with the 3 s init sleep), snapshotted with
 //! `husk snapshot create --at-ready` together with its read-only root drive, restores
-//! into two sandboxes at once that both answer correctly (and a restore whose image is
-//! gone is refused, naming it). Figure (ignored, run by tests/run-e2e.sh): Python boot ->
+//! into two sandboxes at once that both answer correctly with an init-done time no
+//! later than the snapshot boot's ready time, so the imports are inside the snapshot
+//! (and a restore whose image is gone is refused, naming it). Figure (ignored, run by tests/run-e2e.sh): Python boot ->
 //! first response vs restore -> first response, p50 of HUSK_PY_RUNS (default 5) each.
 //!
 //! Needs a hardware-virt KVM host (run it through `husk-testhost`), `HUSK_KERNEL`, the
@@ -253,9 +257,16 @@ fn read_write_root_keeps_what_the_guest_wrote() {
 /// Lay out the Python tree for `app` (a file in functions/python) and build its image.
 /// Returns the image and the wall time of tree + image.
 fn python_image(dir: &Path, name: &str, app: &str) -> (PathBuf, Duration) {
+    let t = Instant::now();
+    let tree = python_tree(dir, name, app);
+    let img = python_image_from(dir, &format!("{name}.ext4"), &tree, app, &[]);
+    (img, t.elapsed())
+}
+
+/// Lay out the Python tree `<name>-root` for `app`.
+fn python_tree(dir: &Path, name: &str, app: &str) -> PathBuf {
     let repo = e2e::repo_root();
     let tree = dir.join(format!("{name}-root"));
-    let t = Instant::now();
     let mut cmd = Command::new("/usr/bin/python3");
     cmd.arg(repo.join("runtimes/python/build-rootfs.py"))
         .arg(&tree)
@@ -266,11 +277,16 @@ fn python_image(dir: &Path, name: &str, app: &str) -> (PathBuf, Duration) {
         "build-rootfs.py failed: {}",
         f.stderr_str()
     );
-    let img = python_image_from(dir, &format!("{name}.ext4"), &tree, app);
-    (img, t.elapsed())
+    tree
 }
 
-fn python_image_from(dir: &Path, file: &str, tree: &Path, app: &str) -> PathBuf {
+/// The Python image of `tree` running `app`, with `env` added to function.json's.
+fn python_image_from(dir: &Path, file: &str, tree: &Path, app: &str, env: &[&str]) -> PathBuf {
+    let mut all = vec![
+        "PYTHONHOME=/usr",
+        "LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu",
+    ];
+    all.extend_from_slice(env);
     image_with(
         dir,
         file,
@@ -283,10 +299,7 @@ fn python_image_from(dir: &Path, file: &str, tree: &Path, app: &str) -> PathBuf 
             "/husk/runtime/husk_worker.py",
             &format!("/husk/app/{app}"),
         ],
-        &[
-            "PYTHONHOME=/usr",
-            "LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu",
-        ],
+        &all,
     )
 }
 
@@ -301,6 +314,7 @@ fn python_worker_from_debian_python3_answers() {
         "python-again.ext4",
         &dir.path().join("python-root"),
         "echo.py",
+        &[],
     );
     assert!(
         std::fs::read(&img).unwrap() == std::fs::read(&again).unwrap(),
@@ -351,8 +365,9 @@ fn check_imports_answer(r: &InvokeResult, who: &str) {
 }
 
 /// `husk snapshot create --at-ready` of the imports.py worker booted from `img` (a
-/// read-only root drive); returns (state, memory file).
-fn python_snapshot_at_ready(dir: &Path, tag: &str, img: &Path) -> (PathBuf, PathBuf) {
+/// read-only root drive); returns (state, memory file, husk's ready time in ms since its
+/// start).
+fn python_snapshot_at_ready(dir: &Path, tag: &str, img: &Path) -> (PathBuf, PathBuf, f64) {
     let (state, mem) = (
         dir.join(format!("{tag}.state")),
         dir.join(format!("{tag}.mem")),
@@ -369,18 +384,137 @@ fn python_snapshot_at_ready(dir: &Path, tag: &str, img: &Path) -> (PathBuf, Path
             .arg(format!("path={},root,ro", img.display()))
             .args(["--mem-mib", "128", "--vsock-cid", "3", "--vsock-uds"])
             .arg(dir.join(format!("{tag}-boot.sock")))
-            .args(["--entropy", "--console", "null", "--cmdline"])
+            .args([
+                "--entropy",
+                "--boot-timer",
+                "--console",
+                "null",
+                "--cmdline",
+            ])
             .arg(format!("{BASE_CMDLINE} husk.reuse=1 husk.await_restore=1")),
         BOOT_TIMEOUT,
     )
     .unwrap();
+    let err = out.stderr_str();
     assert_eq!(
         out.status.code(),
         Some(0),
-        "snapshot create --at-ready with a drive failed: {}",
-        out.stderr_str()
+        "snapshot create --at-ready with a drive failed: {err}"
     );
-    (state, mem)
+    let ready = err
+        .lines()
+        .find_map(ready_ms)
+        .unwrap_or_else(|| panic!("no ready line from --boot-timer: {err}"));
+    (state, mem, ready)
+}
+
+/// `husk: guest ready after 1717.818 ms` (husk's `--boot-timer` line: the ready marker,
+/// in ms since the husk process started) -> 1717.818.
+fn ready_ms(line: &str) -> Option<f64> {
+    let rest = line.split("guest ready after ").nth(1)?;
+    rest.strip_suffix(" ms")?.trim().parse().ok()
+}
+
+/// imports.py's `init_done_monotonic_ms`: when its initialisation ended, in guest
+/// CLOCK_MONOTONIC ms (since the guest kernel started).
+fn init_done_ms(r: &InvokeResult, who: &str) -> f64 {
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    v["init_done_monotonic_ms"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{who}: no init_done_monotonic_ms in {v}"))
+}
+
+/// The guest kernel starts after husk does, so a worker whose initialisation ended
+/// before the ready marker has an init-done time (guest monotonic) at most husk's ready
+/// time (since husk's start). Also checks that the init took its `slept_ms` sleep.
+fn assert_init_before_ready(init_done: f64, ready: f64, slept_ms: f64, who: &str) {
+    assert!(
+        init_done >= slept_ms,
+        "{who}: init done at {init_done:.0} ms of guest uptime, before its {slept_ms} ms sleep could end"
+    );
+    assert!(
+        init_done <= ready,
+        "{who}: the worker finished initialising at {init_done:.0} ms of guest uptime, \
+         after husk saw the ready marker ({ready:.0} ms after husk started): the marker \
+         did not wait for the worker's ready frame"
+    );
+}
+
+/// How long the slow-init imports.py images sleep in their initialisation.
+const INIT_SLEEP_MS: u32 = 3000;
+
+/// The imports.py tree with a [`INIT_SLEEP_MS`] sleep in its initialisation.
+fn slow_imports_image(dir: &Path) -> PathBuf {
+    let tree = python_tree(dir, "pyslow", "imports.py");
+    python_image_from(
+        dir,
+        "pyslow.ext4",
+        &tree,
+        "imports.py",
+        &[&format!("IMPORTS_INIT_SLEEP_MS={INIT_SLEEP_MS}")],
+    )
+}
+
+/// The ready marker waits for the worker's initialisation: imports.py sleeping 3 s at
+/// import reports an init-done time no later than the marker.
+#[test]
+fn ready_marker_waits_for_the_worker_init() {
+    let dir = ScratchDir::new("block-pyinit").unwrap();
+    let img = slow_imports_image(dir.path());
+    let mut sb = boot_with(dir.path(), "pyinit", &img, true, "husk.reuse=1");
+    let line = sb
+        .vm
+        .wait_for_line("guest ready after", STEP_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ready = ready_ms(&line.text).unwrap_or_else(|| panic!("{}", line.text));
+    let r = sb.invoke(IMPORTS_EVENT);
+    check_imports_answer(&r, "slow init");
+    let init_done = init_done_ms(&r, "slow init");
+    println!("init done at {init_done:.0} ms guest uptime, ready marker at {ready:.0} ms after husk started");
+    assert_init_before_ready(init_done, ready, f64::from(INIT_SLEEP_MS), "cold boot");
+    sb.shutdown();
+}
+
+/// A worker that exits before its ready frame is the agent's fatal error at boot: husk
+/// exits 5 and the console says which worker, how it ended, and its stderr.
+#[test]
+fn worker_exiting_before_ready_is_fatal_at_boot() {
+    e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
+    let dir = ScratchDir::new("block-notready").unwrap();
+    let busybox = e2e::find_program("busybox").unwrap_or_else(|e| panic!("{e}"));
+    let img = image_with(
+        dir.path(),
+        "notready.ext4",
+        None,
+        &busybox,
+        "worker",
+        &["sh", "-c", "echo cannot load the model >&2; exit 3"],
+        &[],
+    );
+    let mut cmd = Command::new(e2e::bin("husk").unwrap_or_else(|e| panic!("{e}")));
+    cmd.arg("run")
+        .arg("--kernel")
+        .arg(e2e::kernel().unwrap_or_else(|e| panic!("{e}")))
+        .arg("--drive")
+        .arg(format!("path={},root,ro", img.display()))
+        .args(["--mem-mib", "128", "--vsock-cid", "3", "--vsock-uds"])
+        .arg(dir.path().join("notready.sock"))
+        .arg("--cmdline")
+        .arg(BASE_CMDLINE);
+    let mut vm = Spawned::spawn(cmd).unwrap();
+    let status = vm.wait_exit(BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let transcript = vm.transcript();
+    assert_eq!(
+        status.code(),
+        Some(5),
+        "husk exited with {status}:\n{transcript}"
+    );
+    assert!(
+        transcript.contains(
+            "husk-agent: fatal: worker /husk/fn/busybox exited (status 3) before its ready frame"
+        ) && transcript.contains("its stderr ended with: cannot load the model"),
+        "{transcript}"
+    );
 }
 
 /// Restore `state`/`mem` into a fresh sandbox listening on `uds`.
@@ -421,15 +555,18 @@ fn python_worker_snapshot_with_its_drive_restores_into_two_sandboxes() {
     e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
     let dir = ScratchDir::new("block-pysnap").unwrap();
     let d = dir.path();
-    let (img, _) = python_image(d, "pyimports", "imports.py");
+    let img = slow_imports_image(d);
     let before = std::fs::read(&img).unwrap();
-    let (state, mem) = python_snapshot_at_ready(d, "py", &img);
+    let (state, mem, ready) = python_snapshot_at_ready(d, "py", &img);
     let mut a = restore_clone(d, &state, &mem, "clone-a");
     let mut b = restore_clone(d, &state, &mem, "clone-b");
     for (sb, who) in [(&mut a, "clone-a"), (&mut b, "clone-b")] {
         restored(sb);
         let r = sb.invoke(IMPORTS_EVENT);
         check_imports_answer(&r, who);
+        // The imports (and the init sleep) ended before the snapshot's ready marker: they
+        // are inside the snapshot, not redone by the clone.
+        assert_init_before_ready(init_done_ms(&r, who), ready, f64::from(INIT_SLEEP_MS), who);
     }
     // Each clone serves a second request too (the worker stays up, reuse on).
     check_imports_answer(&a.invoke(IMPORTS_EVENT), "clone-a again");
@@ -473,8 +610,8 @@ fn ms(d: Duration) -> f64 {
 
 /// Figure: Python (imports.py) boot -> first response vs restore -> first response,
 /// p50 of HUSK_PY_RUNS (default 5) each, in the same run. Two snapshots are restored:
-/// one taken by `--at-ready` (the agent's ready marker; the worker may still be
-/// importing) and one taken through the API after a first invocation (imports done).
+/// one taken by `--at-ready` (the agent's ready marker, after the worker's ready frame:
+/// imports done) and one taken through the API after a first invocation.
 #[test]
 #[ignore = "figure, Python cold boot vs snapshot restore"]
 fn figure_python_boot_vs_restore_first_response() {
@@ -499,7 +636,7 @@ fn figure_python_boot_vs_restore_first_response() {
         sb.vm.kill();
     }
 
-    let (state, mem) = python_snapshot_at_ready(d, "ready", &img);
+    let (state, mem, _) = python_snapshot_at_ready(d, "ready", &img);
     let mut ready = Vec::new();
     for i in 0..runs {
         let t = Instant::now();
@@ -588,7 +725,7 @@ fn figure_python_boot_vs_restore_first_response() {
 /// directly by the host's Debian python3 (no VM): what the worker test above relies on.
 #[test]
 fn python_shim_frames_results_errors_and_prints() {
-    use husk_agent::worker::{read_response, write_request, RequestMeta};
+    use husk_agent::worker::{read_ready, read_response, write_request, RequestMeta};
     use std::process::Stdio;
     let repo = e2e::repo_root();
     let dir = ScratchDir::new("block-shim").unwrap();
@@ -610,6 +747,8 @@ fn python_shim_frames_results_errors_and_prints() {
             .unwrap();
         let mut stdin = child.stdin.take().unwrap();
         let mut stdout = child.stdout.take().unwrap();
+        // The ready frame comes first, once the app is imported.
+        read_ready(&mut stdout).unwrap();
         let mut out = Vec::new();
         for r in requests {
             let meta = RequestMeta {
@@ -666,4 +805,22 @@ fn python_shim_frames_results_errors_and_prints() {
         (Some(2), Some("4.00"))
     );
     assert_eq!(v["epoch_year"], 1970);
+
+    // An app whose import fails: the shim exits before the ready frame.
+    let bad = dir.path().join("bad.py");
+    std::fs::write(&bad, "raise RuntimeError('no config')\n").unwrap();
+    let out = Command::new("/usr/bin/python3")
+        .args(["-S", "-B"])
+        .arg(repo.join("runtimes/python/husk_worker.py"))
+        .arg(&bad)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        out.stdout.is_empty(),
+        "a frame before the import succeeded: {:?}",
+        out.stdout
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RuntimeError: no config"));
 }

@@ -1,5 +1,7 @@
 //! `husk-agent`: the guest's PID 1. Mounts what it needs, starts the function (worker
-//! mode), writes the ready marker and serves the agent protocol on vsock.
+//! mode) and waits for its ready frame (its initialisation is done), writes the ready
+//! marker and serves the agent protocol on vsock. A worker that fails to become ready
+//! is fatal at boot (the fatal marker; husk exits 5).
 //!
 //! Outside a VM it can serve on a Unix socket for manual testing:
 //! `husk-agent --unix /tmp/a.sock --config function.json --cmdline "husk.reuse=1"`.

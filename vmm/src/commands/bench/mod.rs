@@ -55,7 +55,7 @@ Exit status: 0 done, 1 a scenario or the plot failed (see the report), 2 usage e
 /// `husk bench` flags.
 #[derive(Debug, Args)]
 #[command(after_help = AFTER_HELP)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["function", "initrd"])))]
+#[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["function", "initrd", "drive"])))]
 pub struct BenchArgs {
     /// Guest kernel (ELF vmlinux; kernel-config/build.sh --print-path).
     #[arg(long)]
@@ -72,6 +72,12 @@ pub struct BenchArgs {
     /// An initramfs already packed (husk pack) instead of --function.
     #[arg(long, conflicts_with_all = ["function", "agent"])]
     pub initrd: Option<PathBuf>,
+    /// A drive every husk boot gets, as `husk run --drive SPEC` (e.g.
+    /// `path=py.ext4,root,ro`): with `root` and no --function/--initrd the function
+    /// boots from that root filesystem (built by husk image build). Snapshots record it
+    /// and restores reopen it, so keep the image unchanged during the run.
+    #[arg(long, value_name = "SPEC")]
+    pub drive: Option<String>,
     /// Cold boots per boot figure.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub runs: u32,
@@ -605,10 +611,14 @@ fn run_scenarios(plan: &Plan) -> Vec<Scenario> {
     all
 }
 
-/// Pack the function (or take `--initrd`) into `dir`; returns the initramfs path.
-fn initramfs(args: &BenchArgs, dir: &Path) -> Result<PathBuf, BenchError> {
+/// Pack the function (or take `--initrd`) into `dir`; returns the initramfs path, or
+/// `None` when the guest boots from `--drive` alone.
+fn initramfs(args: &BenchArgs, dir: &Path) -> Result<Option<PathBuf>, BenchError> {
     if let Some(i) = &args.initrd {
-        return Ok(i.clone());
+        return Ok(Some(i.clone()));
+    }
+    if args.function.is_none() && args.drive.is_some() {
+        return Ok(None);
     }
     let (Some(function), Some(agent)) = (&args.function, &args.agent) else {
         // clap's group and `requires` make this unreachable; say what is needed anyway.
@@ -634,7 +644,7 @@ fn initramfs(args: &BenchArgs, dir: &Path) -> Result<PathBuf, BenchError> {
         what: format!("write {}", path.display()),
         source,
     })?;
-    Ok(path)
+    Ok(Some(path))
 }
 
 /// Prepare, run and report; returns the exit status.
@@ -664,6 +674,7 @@ fn bench(args: &BenchArgs) -> Result<i32, BenchError> {
                 husk: husk.clone(),
                 kernel: args.kernel.clone(),
                 initrd: initrd.clone(),
+                drive: args.drive.clone(),
                 mem_mib: args.mem_mib,
                 payload: args.payload.clone().into_bytes(),
                 boot_timeout,
@@ -712,10 +723,11 @@ fn bench(args: &BenchArgs) -> Result<i32, BenchError> {
                     }
                     .to_string()
                 }),
-                initrd: args.initrd.as_ref().map_or_else(
-                    || "(packed by husk bench)".into(),
-                    |i| i.display().to_string(),
-                ),
+                initrd: match (&args.initrd, &initrd, &args.drive) {
+                    (Some(i), _, _) => i.display().to_string(),
+                    (None, Some(_), _) => "(packed by husk bench)".into(),
+                    (None, None, d) => format!("none, drive {}", d.as_deref().unwrap_or("")),
+                },
                 mem_mib: args.mem_mib,
                 peer_initrd: args.peer_initrd.as_ref().map(|p| p.display().to_string()),
                 pool_size: Some(args.pool_size as usize),

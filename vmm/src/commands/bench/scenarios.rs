@@ -79,8 +79,10 @@ pub struct HuskPlan {
     pub husk: PathBuf,
     /// Guest kernel.
     pub kernel: PathBuf,
-    /// The function's initramfs.
-    pub initrd: PathBuf,
+    /// The function's initramfs (`None`: it boots from `drive`).
+    pub initrd: Option<PathBuf>,
+    /// A `husk run --drive` spec every boot gets (a root filesystem image).
+    pub drive: Option<String>,
     /// Guest memory.
     pub mem_mib: u64,
     /// Invocation payload.
@@ -132,11 +134,14 @@ impl HuskPlan {
             let _ = std::fs::remove_file(api);
             cmd.arg("--api-sock").arg(api);
         }
-        cmd.arg("--kernel")
-            .arg(&self.kernel)
-            .arg("--initrd")
-            .arg(&self.initrd)
-            .arg("--mem-mib")
+        cmd.arg("--kernel").arg(&self.kernel);
+        if let Some(initrd) = &self.initrd {
+            cmd.arg("--initrd").arg(initrd);
+        }
+        if let Some(drive) = &self.drive {
+            cmd.arg("--drive").arg(drive);
+        }
+        cmd.arg("--mem-mib")
             .arg(self.mem_mib.to_string())
             .args(["--vsock-cid", "3", "--vsock-uds"])
             .arg(uds)

@@ -59,6 +59,10 @@ fn missing_or_conflicting_inputs_are_refused() {
     assert!(parse("husk bench --kernel /k --initrd /i --mode daemon").is_err());
     // The marker belongs to the peer pair.
     assert!(parse("husk bench --kernel /k --initrd /i --peer-marker X").is_err());
+    // A root drive alone is enough (the function is on the image).
+    let b = parse("husk bench --kernel /k --drive path=/py.ext4,root,ro").unwrap();
+    assert_eq!(b.drive.as_deref(), Some("path=/py.ext4,root,ro"));
+    assert!(b.initrd.is_none() && b.function.is_none());
 }
 
 #[test]
