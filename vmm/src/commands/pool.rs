@@ -293,16 +293,17 @@ pub fn run(args: &PoolArgs) -> Result<i32, PoolCliError> {
     serve(&listener, &pool, &opts, stop.as_raw_fd(), || {
         pool.reap_dead();
         let st = pool.status();
-        if !announced && st.ready >= st.size {
-            announced = true;
-            eprintln!("husk pool: {} sandbox(es) ready", st.ready);
-        }
+        // Status file first: a caller that saw the ready line then finds it current.
         if let Some(p) = &args.status_file {
             let json = serde_json::to_string(&st).unwrap_or_default();
             if json != last {
                 write_status(p, &json);
                 last = json;
             }
+        }
+        if !announced && st.ready >= st.size {
+            announced = true;
+            eprintln!("husk pool: {} sandbox(es) ready", st.ready);
         }
     });
     drop(listener);
