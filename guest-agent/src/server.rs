@@ -6,7 +6,7 @@
 use std::io::{self, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::config::{BootOptions, FunctionConfig, Mode, MAX_DEADLINE_MS};
@@ -140,6 +140,8 @@ pub struct Agent {
     connections: AtomicUsize,
     /// An invocation is running (at most one at a time).
     running: AtomicBool,
+    /// This agent, for the background worker restart (the agent lives in an `Arc`).
+    me: Weak<Agent>,
 }
 
 /// Clears the running flag when the invocation ends, however it ends.
@@ -196,7 +198,7 @@ impl Agent {
             sandbox_id: cfg.boot.sandbox_id.clone().unwrap_or_else(random_id),
             restore_generation: 0,
         };
-        Ok(Arc::new(Self {
+        Ok(Arc::new_cyclic(|me| Self {
             codec: Codec::new(Limits {
                 payload_limit: cfg.boot.payload_limit.max(cfg.function.output_cap),
             }),
@@ -207,6 +209,7 @@ impl Agent {
             platform,
             connections: AtomicUsize::new(0),
             running: AtomicBool::new(false),
+            me: me.clone(),
         }))
     }
 
@@ -393,16 +396,38 @@ impl Agent {
         let (outcome, alive) = w.invoke(&self.reaper, meta, payload, deadline, logs);
         if !alive {
             *slot = None;
-            // Restart right away so the next invocation (reuse mode) finds it warm. The
-            // restart waits for the new worker's ready frame, bounded by init_timeout_ms.
+            drop(slot);
+            // Reuse mode: restart in the background so the next invocation finds the
+            // worker warm, while this invocation's result goes out now instead of after
+            // the new worker's initialisation. An invocation that arrives first waits
+            // on the slot lock, or starts the worker itself if it gets the lock first.
             if self.cfg.boot.reuse {
-                match Worker::start(&self.reaper, &self.cfg.function) {
-                    Ok(w) => *slot = Some(w),
-                    Err(e) => log(&format!("cannot restart worker: {}", error_chain(&e))),
-                }
+                self.restart_worker_in_background();
             }
         }
         Ok(outcome)
+    }
+
+    /// Start a new worker on a thread of its own, unless one is running by then.
+    fn restart_worker_in_background(&self) {
+        let me = self.me.clone();
+        let spawned = std::thread::Builder::new()
+            .name("worker-restart".into())
+            .spawn(move || {
+                let Some(agent) = me.upgrade() else { return };
+                let mut slot = lock(&agent.worker);
+                if slot.is_some() {
+                    return;
+                }
+                match Worker::start(&agent.reaper, &agent.cfg.function) {
+                    Ok(w) => *slot = Some(w),
+                    // The next invocation tries again and reports the error.
+                    Err(e) => log(&format!("cannot restart worker: {}", error_chain(&e))),
+                }
+            });
+        if let Err(e) = spawned {
+            log(&format!("cannot start the worker-restart thread: {e}"));
+        }
     }
 
     /// Serve one connection until it closes or breaks.
@@ -539,3 +564,7 @@ pub fn log(msg: &str) {
 #[cfg(test)]
 #[path = "server/gate_tests.rs"]
 mod gate_tests;
+
+#[cfg(test)]
+#[path = "server/restart_tests.rs"]
+mod restart_tests;
