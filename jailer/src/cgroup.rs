@@ -278,7 +278,11 @@ pub fn apply(plan: &CgroupPlan, cleanup: &mut Cleanup) -> Result<(), CgroupError
             cur.push(comp);
             match fs::create_dir(&cur) {
                 Ok(()) => {
-                    cleanup.push(Undo::Cgroup(cur.clone()));
+                    cleanup.push(if cur == dir.path {
+                        Undo::Cgroup(cur.clone())
+                    } else {
+                        Undo::SharedCgroup(cur.clone())
+                    });
                     if dir.cpuset {
                         inherit_cpuset(&parent, &cur)?;
                     }
@@ -481,7 +485,7 @@ tmpfs /mnt/with\\040space tmpfs rw 0 0
         assert_eq!(
             c.actions(),
             &[
-                Undo::Cgroup(root.join("husk/pool")),
+                Undo::SharedCgroup(root.join("husk/pool")),
                 Undo::Cgroup(leaf.clone())
             ]
         );

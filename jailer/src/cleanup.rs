@@ -16,6 +16,9 @@ pub enum Undo {
     File(PathBuf),
     /// A cgroup directory we created: rmdir, retried briefly while exiting tasks leave.
     Cgroup(PathBuf),
+    /// A parent cgroup we created on the way to ours, which other jails may have put
+    /// their cgroups under since: removed only if it has no child cgroup left.
+    SharedCgroup(PathBuf),
     /// A pre-staged directory we chowned: its original uid and gid are given back.
     Owner(PathBuf, u32, u32),
 }
@@ -61,8 +64,10 @@ fn undo_one(action: &Undo) -> io::Result<()> {
         other => other,
     };
     match action {
-        Undo::SharedDir(p) => match std::fs::remove_dir(p) {
-            // Another jail still uses it: leave it.
+        // Another jail still uses it: leave it. A parent cgroup with another jail's
+        // cgroup below it is busy (not empty, for the plain directories of the tests);
+        // the last jail to leave removes it.
+        Undo::SharedDir(p) | Undo::SharedCgroup(p) => match std::fs::remove_dir(p) {
             Err(e)
                 if e.kind() == io::ErrorKind::DirectoryNotEmpty
                     || e.raw_os_error() == Some(libc::EBUSY) =>
@@ -129,5 +134,35 @@ mod tests {
         c.push(Undo::SharedDir(other.clone()));
         assert!(c.run().is_empty());
         assert!(!tmp.exists());
+    }
+
+    #[test]
+    fn shared_parent_cgroup_in_use_is_kept_without_waiting_or_failing() {
+        let tmp = std::env::temp_dir().join(format!("husk-cleanup-cg-{}", std::process::id()));
+        let parent = tmp.join("husk-pool-1");
+        let mine = parent.join("sb-1");
+        let other = parent.join("sb-2");
+        std::fs::create_dir_all(&mine).unwrap();
+        std::fs::create_dir_all(&other).unwrap();
+        let mut c = Cleanup::new();
+        c.push(Undo::SharedCgroup(parent.clone()));
+        c.push(Undo::Cgroup(mine.clone()));
+        let t = std::time::Instant::now();
+        assert!(c.run().is_empty());
+        // Not the Cgroup retry loop (50 x 10 ms) on the parent another jail still uses.
+        assert!(
+            t.elapsed() < Duration::from_millis(400),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(!mine.exists());
+        assert!(other.exists(), "the other jail's cgroup must stay");
+        // The last jail to leave removes the parent.
+        let mut c = Cleanup::new();
+        c.push(Undo::SharedCgroup(parent.clone()));
+        c.push(Undo::Cgroup(other.clone()));
+        assert!(c.run().is_empty());
+        assert!(!parent.exists());
+        std::fs::remove_dir_all(tmp).unwrap();
     }
 }
