@@ -19,6 +19,12 @@ parameters also gets a context dict (`request_id`, `deadline_unix_ms`, `env`). A
 returning bytes is answered as is, a str as UTF-8, anything else as JSON. An exception
 answers status 1 with the traceback. print() goes to the worker's log streams, never
 into the frames.
+
+Before each request the shim reseeds the `random` module's shared generator from the
+kernel (`random.seed()`, when some module imported `random`): sandboxes restored from
+one snapshot share the memory of the process, and would otherwise draw the same
+`random.random()` sequence. A function that wants a reproducible sequence keeps its own
+`random.Random(seed)` instance, which the shim leaves alone.
 """
 
 import importlib.util
@@ -104,6 +110,14 @@ def read_frame(stream, limit, what):
     return read_exact(stream, length)
 
 
+def reseed_random():
+    # After a restore the kernel's generator differs in every clone (husk reseeds it),
+    # the interpreter's does not: draw a fresh seed from the kernel per request.
+    rng = sys.modules.get("random")
+    if rng is not None:
+        rng.seed()
+
+
 def serve(handler, stdin, out):
     wants_context = getattr(getattr(handler, "__code__", None), "co_argcount", 1) >= 2
     while True:
@@ -113,6 +127,7 @@ def serve(handler, stdin, out):
         payload = read_frame(stdin, MAX_REQUEST, "request")
         if payload is None:
             return
+        reseed_random()
         try:
             event = decode_event(payload)
             if wants_context:

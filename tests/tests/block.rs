@@ -806,6 +806,27 @@ fn python_shim_frames_results_errors_and_prints() {
     );
     assert_eq!(v["epoch_year"], 1970);
 
+    // Two processes of an app that seeded `random` at import stand for two clones of
+    // one snapshot: the shim reseeds the module's generator from the kernel before
+    // each request, so they draw different numbers (equal without the reseed).
+    let seeded = dir.path().join("seeded.py");
+    std::fs::write(
+        &seeded,
+        "import random
+random.seed(42)
+
+def handler(event):
+    return repr(random.random())
+",
+    )
+    .unwrap();
+    let (a, b) = (run(&seeded, &[b"{}"]), run(&seeded, &[b"{}"]));
+    assert!(a[0].0 && b[0].0, "{a:?} {b:?}");
+    assert_ne!(
+        a[0].1, b[0].1,
+        "two 'clones' drew the same random.random() after seed(42) at import"
+    );
+
     // An app whose import fails: the shim exits before the ready frame.
     let bad = dir.path().join("bad.py");
     std::fs::write(&bad, "raise RuntimeError('no config')\n").unwrap();
