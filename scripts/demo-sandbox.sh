@@ -12,7 +12,7 @@
 # Inputs come from the environment scripts/demo sets.
 set -euo pipefail
 : "${HUSK_KERNEL:?} ${HUSK_BIN_DIR:?} ${HUSK_DEMO_INITRD:?} ${HUSK_DEMO_PAYLOAD:?}"
-RESTORES=${HUSK_DEMO_RESTORES:-1}
+RESTORES=${HUSK_DEMO_RESTORES:-3}
 INVOCATIONS=${HUSK_DEMO_INVOCATIONS:-4}
 HUSK=$HUSK_BIN_DIR/husk
 WORK=$(mktemp -d /tmp/husk-demo.XXXXXX)
@@ -105,12 +105,8 @@ for i in $(seq 1 "$RESTORES"); do
     --console null 2>"$log" &
   pid=$!
   PIDS+=("$pid")
-  # Invocations wait for husk's Restored handshake: wait for husk to report it.
-  mkfifo "$WORK/r$i.fifo"
-  timeout 60 tail -n +1 -f --pid="$pid" "$log" >"$WORK/r$i.fifo" &
-  tail_pid=$!
-  grep -m1 -q "agent restored" <"$WORK/r$i.fifo" || fail "restore $i: no Restored handshake"
-  kill "$tail_pid" 2>/dev/null || true
+  # --wait-ready-ms covers the socket appearing and the agent refusing invocations
+  # until husk's Restored handshake reached it (the invocation is sent again).
   "$HUSK" invoke --uds "$sock" --payload "$HUSK_DEMO_PAYLOAD" --wait-ready-ms 10000 \
     >"$WORK/r$i.body" 2>"$WORK/r$i-invoke.log" || fail "restored sandbox $i did not answer"
   ms=$(( $(now_ms) - t0 ))
