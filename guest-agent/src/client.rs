@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use crate::config::DEFAULT_PORT;
 use crate::protocol::{
-    Codec, ErrorMsg, Hello, Invoke, InvokeResult, Limits, LogChunk, Message, ProtocolError,
-    Restored, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    Codec, ErrorCode, ErrorMsg, Hello, Invoke, InvokeResult, Limits, LogChunk, Message,
+    ProtocolError, Restored, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 
 /// Longest handshake reply line accepted.
@@ -338,6 +338,28 @@ impl AgentClient {
     /// [`AgentClient::invoke_with_logs`].
     pub fn invoke(&mut self, inv: Invoke, timeout: Duration) -> Result<InvokeResult, ClientError> {
         self.invoke_with_logs(inv, timeout).map(|(r, _)| r)
+    }
+
+    /// Like [`AgentClient::invoke_with_logs`], but while a sandbox just restored from a
+    /// snapshot refuses with AwaitingRestore (husk's `Restored` has not reached its
+    /// agent yet), the refused invocation, which never ran, is sent again every 5 ms
+    /// until `ready_by`. Other answers and errors return at once.
+    pub fn invoke_when_restored(
+        &mut self,
+        inv: Invoke,
+        timeout: Duration,
+        ready_by: Instant,
+    ) -> Result<(InvokeResult, Vec<LogChunk>), ClientError> {
+        loop {
+            match self.invoke_with_logs(inv.clone(), timeout) {
+                Err(ClientError::Agent(e))
+                    if e.code == ErrorCode::AwaitingRestore as u16 && Instant::now() < ready_by =>
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Run one invocation and collect the Log frames the agent sends before the result

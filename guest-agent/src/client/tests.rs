@@ -2,6 +2,8 @@ use super::*;
 use crate::protocol::{ErrorCode, LogStream, Status, FEATURES};
 use std::io::BufRead;
 use std::os::unix::net::UnixListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -42,6 +44,19 @@ where
     })
 }
 
+/// A successful result of invocation `id` with `body`.
+fn ok_result(id: u64, body: Vec<u8>) -> InvokeResult {
+    InvokeResult {
+        id,
+        status: Status::Ok,
+        flags: 0,
+        duration_us: 1,
+        body,
+        stderr_tail: vec![],
+        logs_dropped: 0,
+    }
+}
+
 fn cfg(path: &Path) -> ClientConfig {
     let mut c = ClientConfig::new(path);
     c.connect_timeout = Duration::from_millis(300);
@@ -58,15 +73,7 @@ fn invoke_round_trip_through_hybrid_handshake() {
         let Message::Invoke(inv) = codec.read_frame(s).unwrap() else {
             panic!("expected invoke")
         };
-        let r = InvokeResult {
-            id: inv.id,
-            status: Status::Ok,
-            flags: 0,
-            duration_us: 1,
-            body: inv.payload,
-            stderr_tail: vec![],
-            logs_dropped: 0,
-        };
+        let r = ok_result(inv.id, inv.payload);
         codec.write_frame(s, &Message::Result(r)).unwrap();
     });
     let mut c = AgentClient::connect(&cfg(&p)).unwrap();
@@ -252,15 +259,7 @@ fn dribbling_result_cannot_stretch_invoke_past_its_deadline() {
         let Ok(Message::Invoke(inv)) = codec.read_frame(s) else {
             return;
         };
-        let r = InvokeResult {
-            id: inv.id,
-            status: Status::Ok,
-            flags: 0,
-            duration_us: 1,
-            body: vec![b'x'; 100],
-            stderr_tail: vec![],
-            logs_dropped: 0,
-        };
+        let r = ok_result(inv.id, vec![b'x'; 100]);
         let frame = codec.encode(&Message::Result(r)).unwrap();
         dribble(s, &frame, Duration::from_millis(20));
     });
@@ -302,15 +301,7 @@ fn log_frames_before_the_result_are_collected() {
             };
             codec.write_frame(s, &Message::Log(l)).unwrap();
         }
-        let r = InvokeResult {
-            id: inv.id,
-            status: Status::Ok,
-            flags: 0,
-            duration_us: 1,
-            body: vec![],
-            stderr_tail: vec![],
-            logs_dropped: 0,
-        };
+        let r = ok_result(inv.id, vec![]);
         codec.write_frame(s, &Message::Result(r)).unwrap();
     });
     let mut c = AgentClient::connect(&cfg(&p)).unwrap();
@@ -369,4 +360,58 @@ fn invalid_metadata_is_refused_before_sending() {
     let e = c.invoke(inv, Duration::from_secs(1)).unwrap_err();
     assert!(matches!(e, ClientError::InvalidInvoke(_)), "{e:?}");
     h.join().unwrap();
+}
+
+/// A restored agent behind the fake VMM: refuses the first `refusals` invocations with
+/// AwaitingRestore, answers the next with its payload; returns how many it received.
+fn restoring_agent(path: &Path, refusals: usize) -> JoinHandle<usize> {
+    let received = Arc::new(AtomicUsize::new(0));
+    let count = received.clone();
+    let h = fake(path, move |s| {
+        s.write_all(b"OK 1073741824\n").unwrap();
+        let codec = Codec::default();
+        codec.write_frame(s, &Message::Hello(hello())).unwrap();
+        while let Ok(Message::Invoke(inv)) = codec.read_frame(s) {
+            let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+            let reply = if n <= refusals {
+                Message::Error(ErrorMsg::new(
+                    ErrorCode::AwaitingRestore,
+                    "awaiting Restored",
+                ))
+            } else {
+                Message::Result(ok_result(inv.id, inv.payload))
+            };
+            codec.write_frame(s, &reply).unwrap();
+        }
+    });
+    std::thread::spawn(move || {
+        h.join().unwrap();
+        received.load(Ordering::SeqCst)
+    })
+}
+
+#[test]
+fn invoke_when_restored_sends_again_while_the_agent_awaits_restored() {
+    let inv = || Invoke::new(1, 100, b"x".to_vec());
+    // Within the window: refused twice, answered on the third send.
+    let p = sock_path("restoring");
+    let agent = restoring_agent(&p, 2);
+    let mut c = AgentClient::connect(&cfg(&p)).unwrap();
+    let ready_by = Instant::now() + Duration::from_secs(5);
+    let (r, _) = c
+        .invoke_when_restored(inv(), Duration::from_secs(2), ready_by)
+        .unwrap();
+    assert_eq!((r.status, r.body.as_slice()), (Status::Ok, &b"x"[..]));
+    drop(c);
+    assert_eq!(agent.join().unwrap(), 3);
+    // Window over: the refusal is the answer, after one send.
+    let p = sock_path("restoring-late");
+    let agent = restoring_agent(&p, 2);
+    let mut c = AgentClient::connect(&cfg(&p)).unwrap();
+    match c.invoke_when_restored(inv(), Duration::from_secs(2), Instant::now()) {
+        Err(ClientError::Agent(e)) => assert_eq!(e.code, ErrorCode::AwaitingRestore as u16),
+        other => panic!("{other:?}"),
+    }
+    drop(c);
+    assert_eq!(agent.join().unwrap(), 1);
 }

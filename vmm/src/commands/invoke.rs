@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use husk_agent::client::{AgentClient, ClientConfig, ClientError};
 use husk_agent::config::DEFAULT_PORT;
-use husk_agent::protocol::{Crash, ErrorCode, Invoke, InvokeResult, LogChunk, Status};
+use husk_agent::protocol::{Crash, Invoke, InvokeResult, LogChunk, Status};
 use husk_agent::sync::error_chain;
 
 /// Exit status: the function succeeded.
@@ -26,9 +26,6 @@ pub const EXIT_CRASHED: i32 = 4;
 pub const EXIT_REFUSED: i32 = 5;
 /// Exit status: the sandbox could not be reached or answered garbage or too late.
 pub const EXIT_TRANSPORT: i32 = 6;
-
-/// Pause between invocations refused with AwaitingRestore under --wait-ready-ms.
-const AWAIT_RESTORE_POLL: Duration = Duration::from_millis(5);
 
 const EXIT_HELP: &str = "\
 Exit status:
@@ -177,22 +174,13 @@ pub fn run(args: &InvokeArgs) -> i32 {
         stream_logs: args.logs,
         ..Invoke::new(args.id, args.deadline_ms, payload)
     };
-    // A sandbox just restored from a snapshot refuses invocations until husk's
-    // Restored handshake reaches its agent: within --wait-ready-ms that is "not ready
-    // yet", so the (refused, never run) invocation is sent again.
-    let ready_by = t0 + wait;
-    let (result, logs) = loop {
-        match client.invoke_with_logs(inv.clone(), timeout) {
-            Ok(r) => break r,
-            Err(ClientError::Agent(e))
-                if e.code == ErrorCode::AwaitingRestore as u16 && Instant::now() < ready_by =>
-            {
-                std::thread::sleep(AWAIT_RESTORE_POLL);
-            }
-            Err(e) => {
-                eprintln!("husk invoke: {}", error_chain(&e));
-                return client_error_status(&e);
-            }
+    // Within --wait-ready-ms a restored agent still awaiting husk's Restored is "not
+    // ready yet": the refused invocation is sent again.
+    let (result, logs) = match client.invoke_when_restored(inv, timeout, t0 + wait) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("husk invoke: {}", error_chain(&e));
+            return client_error_status(&e);
         }
     };
     let round_trip = t1.elapsed();
@@ -299,89 +287,6 @@ mod tests {
             logs: false,
         };
         assert_eq!(run(&args), EXIT_TRANSPORT);
-    }
-
-    /// A fake VMM + restored agent on `path`: answers the CONNECT line and Hello, then
-    /// refuses the first `refusals` invocations with AwaitingRestore and answers the
-    /// next with its payload. Returns how many invocations it received.
-    fn restoring_sandbox(
-        path: &std::path::Path,
-        refusals: usize,
-    ) -> std::thread::JoinHandle<usize> {
-        use husk_agent::protocol::{
-            Codec, ErrorMsg, Hello, Message, FEATURES, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
-        };
-        use std::io::BufRead;
-        let l = std::os::unix::net::UnixListener::bind(path).unwrap();
-        std::thread::spawn(move || {
-            let (mut s, _) = l.accept().unwrap();
-            let mut line = String::new();
-            std::io::BufReader::new(s.try_clone().unwrap())
-                .read_line(&mut line)
-                .unwrap();
-            s.write_all(b"OK 1073741824\n").unwrap();
-            let codec = Codec::default();
-            let hello = Hello {
-                protocol_version: PROTOCOL_VERSION,
-                min_protocol_version: MIN_PROTOCOL_VERSION,
-                features: FEATURES,
-                agent_version: "test".into(),
-                sandbox_id: "clone".into(),
-                restore_generation: 0,
-            };
-            codec.write_frame(&mut s, &Message::Hello(hello)).unwrap();
-            let mut received = 0;
-            while let Ok(Message::Invoke(inv)) = codec.read_frame(&mut s) {
-                received += 1;
-                let reply = if received <= refusals {
-                    Message::Error(ErrorMsg::new(
-                        ErrorCode::AwaitingRestore,
-                        "awaiting Restored",
-                    ))
-                } else {
-                    Message::Result(InvokeResult {
-                        id: inv.id,
-                        body: inv.payload,
-                        ..result(Status::Ok)
-                    })
-                };
-                codec.write_frame(&mut s, &reply).unwrap();
-            }
-            received
-        })
-    }
-
-    #[test]
-    fn wait_ready_sends_again_while_a_restored_agent_awaits_restored() {
-        let dir = std::env::temp_dir().join(format!("husk-invoke-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let args = |uds: PathBuf, wait_ready_ms| InvokeArgs {
-            uds,
-            port: DEFAULT_PORT,
-            payload: Some("x".into()),
-            payload_file: None,
-            deadline_ms: 0,
-            timeout_ms: Some(5000),
-            wait_ready_ms,
-            id: 1,
-            timings: false,
-            request_id: None,
-            env: vec![],
-            logs: false,
-        };
-        // Within --wait-ready-ms: refused twice, answered on the third send.
-        let p = dir.join("waits.sock");
-        let _ = std::fs::remove_file(&p);
-        let sandbox = restoring_sandbox(&p, 2);
-        assert_eq!(run(&args(p, 5000)), EXIT_OK);
-        assert_eq!(sandbox.join().unwrap(), 3);
-        // Without it: the refusal is the answer.
-        let p = dir.join("refused.sock");
-        let _ = std::fs::remove_file(&p);
-        let sandbox = restoring_sandbox(&p, 2);
-        assert_eq!(run(&args(p, 0)), EXIT_REFUSED);
-        assert_eq!(sandbox.join().unwrap(), 1);
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
