@@ -721,12 +721,45 @@ fn figure_python_boot_vs_restore_first_response() {
     );
 }
 
+/// Runs `app` under the Python shim with the host's Debian python3 (no VM), sends each
+/// request and returns (ok, body) per response; the shim must exit 0 after stdin ends.
+fn run_shim(app: &Path, requests: &[&[u8]]) -> Vec<(bool, Vec<u8>)> {
+    use husk_agent::worker::{read_ready, read_response, write_request, RequestMeta};
+    use std::process::Stdio;
+    let repo = e2e::repo_root();
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-S", "-B"])
+        .arg(repo.join("runtimes/python/husk_worker.py"))
+        .arg(app)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    // The ready frame comes first, once the app is imported.
+    read_ready(&mut stdout).unwrap();
+    let mut out = Vec::new();
+    for r in requests {
+        let meta = RequestMeta {
+            request_id: "req-7".into(),
+            deadline_unix_ms: 1_700_000_000_000,
+            env: vec![("STAGE".into(), "test".into())],
+        };
+        write_request(&mut stdin, &meta, r).unwrap();
+        let resp = read_response(&mut stdout, 1 << 20).unwrap();
+        out.push((resp.ok, resp.body));
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+    out
+}
+
 /// The shim's framing, errors and print() redirection, and the example functions, run
 /// directly by the host's Debian python3 (no VM): what the worker test above relies on.
 #[test]
 fn python_shim_frames_results_errors_and_prints() {
-    use husk_agent::worker::{read_ready, read_response, write_request, RequestMeta};
-    use std::process::Stdio;
     let repo = e2e::repo_root();
     let dir = ScratchDir::new("block-shim").unwrap();
     let app = dir.path().join("app.py");
@@ -735,36 +768,7 @@ fn python_shim_frames_results_errors_and_prints() {
         "def handler(event):\n    print('to stderr, not a frame')\n    if event == 'boom':\n        raise ValueError('boom')\n    return event\n",
     )
     .unwrap();
-    let run = |app: &Path, requests: &[&[u8]]| -> Vec<(bool, Vec<u8>)> {
-        let mut child = Command::new("/usr/bin/python3")
-            .args(["-S", "-B"])
-            .arg(repo.join("runtimes/python/husk_worker.py"))
-            .arg(app)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        let mut stdout = child.stdout.take().unwrap();
-        // The ready frame comes first, once the app is imported.
-        read_ready(&mut stdout).unwrap();
-        let mut out = Vec::new();
-        for r in requests {
-            let meta = RequestMeta {
-                request_id: "req-7".into(),
-                deadline_unix_ms: 1_700_000_000_000,
-                env: vec![("STAGE".into(), "test".into())],
-            };
-            write_request(&mut stdin, &meta, r).unwrap();
-            let resp = read_response(&mut stdout, 1 << 20).unwrap();
-            out.push((resp.ok, resp.body));
-        }
-        drop(stdin);
-        assert!(child.wait().unwrap().success());
-        out
-    };
-    let r = run(&app, &[b"\"boom\"", br#"{"k": [1]}"#, b"\xff raw"]);
+    let r = run_shim(&app, &[b"\"boom\"", br#"{"k": [1]}"#, b"\xff raw"]);
     assert!(!r[0].0 && String::from_utf8_lossy(&r[0].1).contains("ValueError: boom"));
     assert_eq!(r[1], (true, br#"{"k": [1]}"#.to_vec()));
     assert_eq!(r[2], (true, b"\xff raw".to_vec()));
@@ -776,7 +780,7 @@ fn python_shim_frames_results_errors_and_prints() {
         "def handler(event, context):\n    return [context['request_id'], context['deadline_unix_ms'], context['env']]\n",
     )
     .unwrap();
-    let r = run(&ctx_app, &[b"{}"]);
+    let r = run_shim(&ctx_app, &[b"{}"]);
     assert_eq!(
         r[0],
         (
@@ -786,7 +790,7 @@ fn python_shim_frames_results_errors_and_prints() {
     );
 
     let transform = repo.join("functions/python/transform.py");
-    let r = run(
+    let r = run_shim(
         &transform,
         &[br#"{"items": [{"name": "a", "price": 1.5, "qty": 2}, {"name": "b", "price": 10, "qty": 1}]}"#],
     );
@@ -798,34 +802,13 @@ fn python_shim_frames_results_errors_and_prints() {
         )
     );
     let imports = repo.join("functions/python/imports.py");
-    let r = run(&imports, &[br#""two words""#]);
+    let r = run_shim(&imports, &[br#""two words""#]);
     let v: serde_json::Value = serde_json::from_slice(&r[0].1).unwrap();
     assert_eq!(
         (v["words"].as_u64(), v["mean_length"].as_str()),
         (Some(2), Some("4.00"))
     );
     assert_eq!(v["epoch_year"], 1970);
-
-    // Two processes of an app that seeded `random` at import stand for two clones of
-    // one snapshot: the shim reseeds the module's generator from the kernel before
-    // each request, so they draw different numbers (equal without the reseed).
-    let seeded = dir.path().join("seeded.py");
-    std::fs::write(
-        &seeded,
-        "import random
-random.seed(42)
-
-def handler(event):
-    return repr(random.random())
-",
-    )
-    .unwrap();
-    let (a, b) = (run(&seeded, &[b"{}"]), run(&seeded, &[b"{}"]));
-    assert!(a[0].0 && b[0].0, "{a:?} {b:?}");
-    assert_ne!(
-        a[0].1, b[0].1,
-        "two 'clones' drew the same random.random() after seed(42) at import"
-    );
 
     // An app whose import fails: the shim exits before the ready frame.
     let bad = dir.path().join("bad.py");
@@ -834,7 +817,7 @@ def handler(event):
         .args(["-S", "-B"])
         .arg(repo.join("runtimes/python/husk_worker.py"))
         .arg(&bad)
-        .stdin(Stdio::null())
+        .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -844,4 +827,24 @@ def handler(event):
         out.stdout
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("RuntimeError: no config"));
+}
+
+/// Two shim processes of an app that seeded `random` at import stand for two clones of
+/// one snapshot: the shim reseeds the module's shared generator from the kernel before
+/// each request, so they draw different numbers (equal without the reseed).
+#[test]
+fn python_shim_reseeds_the_random_module_before_each_request() {
+    let dir = ScratchDir::new("block-shim-random").unwrap();
+    let seeded = dir.path().join("seeded.py");
+    std::fs::write(
+        &seeded,
+        "import random\nrandom.seed(42)\n\ndef handler(event):\n    return repr(random.random())\n",
+    )
+    .unwrap();
+    let (a, b) = (run_shim(&seeded, &[b"{}"]), run_shim(&seeded, &[b"{}"]));
+    assert!(a[0].0 && b[0].0, "{a:?} {b:?}");
+    assert_ne!(
+        a[0].1, b[0].1,
+        "two 'clones' drew the same random.random() after seed(42) at import"
+    );
 }
