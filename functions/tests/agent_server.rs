@@ -246,7 +246,15 @@ fn worker_past_its_deadline_is_killed_and_restarted() {
     assert_eq!(r.status, Status::Timeout);
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     assert_gone(first);
-    let second = sb.agent.worker_pid().unwrap();
+    // The new worker is started in the background after the Result went out.
+    let end = Instant::now() + Duration::from_secs(5);
+    let second = loop {
+        match sb.agent.worker_pid() {
+            Some(pid) => break pid,
+            None if Instant::now() < end => std::thread::sleep(Duration::from_millis(10)),
+            None => panic!("no worker restarted within 5 s"),
+        }
+    };
     assert_ne!(first, second);
     assert_eq!(sb.invoke(b"1", 5000).unwrap().body, b"woke up");
 }
