@@ -5,7 +5,8 @@
 //! restore generation 1, the counter at 1); a function that crashes and a sandbox
 //! whose VMM is killed (ready, and mid-invocation) are replaced, the caller of the
 //! killed one gets a clear crashed status, the next invocation succeeds; SIGTERM lets an
-//! in-flight invocation finish, then no husk process, socket or file is left.
+//! in-flight invocation finish and a caller that has its Hello send its Invoke, then no
+//! husk process, socket or file is left.
 //! `husk pool --function` boots, warms and snapshots the function itself (the warm-up's
 //! count is in every sandbox; the snapshot is gone after SIGTERM). `husk pool --jailer`
 //! runs every sandbox under husk-jailer (jail uid, own jail root and cgroup) and leaves
@@ -208,9 +209,15 @@ fn processes_with(needle: &str) -> Vec<String> {
 
 /// SIGTERM the pool: it exits 0 and leaves no process, socket or file behind; returns
 /// its transcript.
-fn stop_and_check_clean(mut p: PoolRun) -> String {
+fn stop_and_check_clean(p: PoolRun) -> String {
     // SAFETY: kill(2) with integer arguments only.
     unsafe { libc::kill(p.proc.pid() as i32, libc::SIGTERM) };
+    check_clean_exit(p)
+}
+
+/// Wait for the pool to exit 0 and check it left no process, socket or file; returns
+/// its transcript.
+fn check_clean_exit(mut p: PoolRun) -> String {
     let st = p
         .proc
         .wait_exit(STEP_TIMEOUT)
@@ -449,7 +456,7 @@ fn a_jailed_pool_serves_and_leaves_no_jail_or_cgroup() {
 }
 
 /// A sandbox whose VMM dies mid-invocation: the caller gets a crashed status with the
-/// pool's message (never a hang), the next invocation succeeds.
+/// pool's message (never a hang, never a transport error), the next invocation succeeds.
 #[test]
 fn a_sandbox_killed_mid_invocation_is_reported_and_replaced() {
     e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
@@ -478,24 +485,50 @@ fn a_sandbox_killed_mid_invocation_is_reported_and_replaced() {
         took < Duration::from_secs(15),
         "the crash took {took:?} to report"
     );
+    println!("killed sandbox: crashed status after {took:?}: {msg}");
     let (_, r) = invoke(&pool.sock, b"10");
     assert_eq!(r.status, Status::Ok, "{r:?}");
+    println!("pool transcript:\n{}", stop_and_check_clean(pool));
+}
 
-    // SIGTERM while an invocation runs: it finishes (ok), then the pool exits clean.
-    // (The previous sandbox is destroyed after its result is sent: wait for that.)
-    wait_status(&pool, "none busy", |s| s["busy"] == 0);
+/// SIGTERM while one caller's invocation runs and another caller holds its sandbox's
+/// Hello but sends its Invoke only after the pool began draining: both are answered,
+/// then the pool exits clean.
+#[test]
+fn sigterm_lets_connected_callers_finish_then_the_pool_exits_clean() {
+    e2e::require_hardware_kvm().unwrap_or_else(|e| panic!("{e}"));
+    let dir = ScratchDir::new("pool-term").unwrap();
+    let d = dir.path();
+    let (state, mem) = snapshot(d, "fn-sleeper");
+    let mut pool = start_pool(d, "sleeper", &state, &mem, 2);
     let sock = pool.sock.clone();
     let inflight = std::thread::spawn(move || invoke(&sock, b"3000").1);
     wait_status(&pool, "one busy", |s| s["busy"] == 1);
+    let mut late = connect(&pool.sock);
+    wait_status(&pool, "two busy", |s| s["busy"] == 2);
     // SAFETY: kill(2) with integer arguments only.
     unsafe { libc::kill(pool.proc.pid() as i32, libc::SIGTERM) };
+    pool.proc
+        .wait_for_line("husk pool: draining", STEP_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status(&pool)["draining"], true);
+    // Longer than the pool's 100 ms poll: without the grace it has closed the caller.
+    std::thread::sleep(Duration::from_millis(500));
+    let r = late
+        .invoke(Invoke::new(2, 20_000, b"10".to_vec()), STEP_TIMEOUT)
+        .unwrap_or_else(|e| panic!("the caller that had its Hello was not served: {e}"));
+    assert_eq!(
+        (r.status, r.body),
+        (Status::Ok, b"woke up".to_vec()),
+        "the caller that had its Hello"
+    );
     let r = inflight.join().unwrap();
     assert_eq!(
         (r.status, r.body),
         (Status::Ok, b"woke up".to_vec()),
         "the in-flight invocation finished"
     );
-    println!("pool transcript:\n{}", stop_and_check_clean(pool));
+    println!("pool transcript:\n{}", check_clean_exit(pool));
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

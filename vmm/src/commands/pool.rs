@@ -290,6 +290,7 @@ pub fn run(args: &PoolArgs) -> Result<i32, PoolCliError> {
     };
     let mut last = String::new();
     let mut announced = false;
+    let mut drain_announced = false;
     serve(&listener, &pool, &opts, stop.as_raw_fd(), || {
         pool.reap_dead();
         let st = pool.status();
@@ -304,6 +305,13 @@ pub fn run(args: &PoolArgs) -> Result<i32, PoolCliError> {
         if !announced && st.ready >= st.size {
             announced = true;
             eprintln!("husk pool: {} sandbox(es) ready", st.ready);
+        }
+        if st.draining && !drain_announced {
+            drain_announced = true;
+            eprintln!(
+                "husk pool: draining: no new callers; {} busy sandbox(es) finishing",
+                st.busy
+            );
         }
     });
     drop(listener);

@@ -77,6 +77,12 @@ impl InvokeFailure {
     }
 }
 
+/// After the connection to a sandbox broke, how long a VMM that is not exiting gets to
+/// show an exit status before the failure counts as a transport error.
+const EXIT_GRACE: Duration = Duration::from_millis(500);
+/// The longest wait for the exit status of a VMM that is exiting.
+const EXIT_WAIT: Duration = Duration::from_secs(10);
+
 /// Run `inv` on `sb` within `timeout` (connect included).
 pub fn invoke(
     sb: &mut Sandbox,
@@ -91,16 +97,24 @@ pub fn invoke(
         Ok(r) => Ok(r),
         Err(ClientError::Agent(e)) => Err(InvokeFailure::Agent(e)),
         Err(e) => {
-            // A VMM that died closes the socket; give the exit a moment to be reapable.
-            let end = Instant::now() + Duration::from_millis(500);
+            // A VMM that died closes its sockets before the kernel has finished tearing
+            // it down: wait for its exit status while it is on its way out (up to
+            // EXIT_WAIT); one that is not gets EXIT_GRACE to show an exit.
+            let broke = Instant::now();
             loop {
                 if let Some(status) = sb.exited() {
+                    log::debug!(
+                        "pool: sandbox {}'s exit status came {} ms after its connection broke",
+                        sb.id,
+                        broke.elapsed().as_millis()
+                    );
                     return Err(InvokeFailure::Crashed {
                         id: sb.id.clone(),
                         status,
                     });
                 }
-                if Instant::now() >= end {
+                let waited = broke.elapsed();
+                if waited >= EXIT_WAIT || (waited >= EXIT_GRACE && !sb.exiting()) {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(10));

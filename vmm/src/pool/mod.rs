@@ -223,6 +223,9 @@ pub struct PoolStatus {
     pub served: u64,
     /// The last restore failure.
     pub last_error: Option<String>,
+    /// Whether the pool is draining (SIGTERM seen: no new callers, in-flight
+    /// invocations finishing).
+    pub draining: bool,
     /// Whether the pool is stopping.
     pub stopping: bool,
     /// Ready and busy sandboxes.
@@ -396,6 +399,7 @@ impl<F: Factory> Pool<F> {
             lost: st.lost,
             served: st.served,
             last_error: st.last_error.clone(),
+            draining: st.draining,
             stopping: st.stopping,
             sandboxes,
         }

@@ -186,6 +186,31 @@ impl Sandbox {
         self.child.id()
     }
 
+    /// Whether the sandbox is on its way out, its exit status coming: its process is
+    /// exiting (a killed VMM closes its sockets before the kernel has freed its memory
+    /// and its KVM VM, which can take a while on a loaded host) or, jailed, the VMM
+    /// under the jailer is exiting or gone (the jailer then removes the jail). False
+    /// when /proc cannot tell.
+    pub fn exiting(&self) -> bool {
+        let pid = self.child.id();
+        if process_exiting(pid) {
+            return true;
+        }
+        if self.jail_dir.is_none() {
+            return false;
+        }
+        match std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+            Ok(kids) => {
+                let kids: Vec<u32> = kids
+                    .split_whitespace()
+                    .filter_map(|k| k.parse().ok())
+                    .collect();
+                kids.is_empty() || kids.into_iter().any(process_exiting)
+            }
+            Err(_) => false,
+        }
+    }
+
     /// A fresh connection to the agent (the handshake's connection is closed once the
     /// sandbox is ready: an idle connection could be closed by the agent's idle timeout
     /// while the sandbox waits in the pool).
@@ -228,6 +253,30 @@ impl Drop for Sandbox {
         let _ = self.child.wait();
         remove_files(&self.work_dir, &self.id);
     }
+}
+
+/// `PF_EXITING` in the flags field of /proc/<pid>/stat: the task is in exit(2).
+const PF_EXITING: u64 = 0x4;
+
+/// Whether process `pid` is exiting or a zombie (from /proc/<pid>/stat); false if it
+/// cannot be read.
+fn process_exiting(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| stat_says_exiting(&s))
+        .unwrap_or(false)
+}
+
+/// Parse a /proc/<pid>/stat line: the state (3rd field) is zombie or dead, or the
+/// flags (9th field) have `PF_EXITING`. The command name (2nd field, in parentheses)
+/// may hold spaces and parentheses: fields are counted after its last `)`.
+fn stat_says_exiting(stat: &str) -> bool {
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let zombie = matches!(fields.first(), Some(&("Z" | "X" | "x")));
+    let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).unwrap_or(0);
+    zombie || flags & PF_EXITING != 0
 }
 
 /// `husk snapshot restore` flags of one pooled sandbox (paths as the VMM sees them).
@@ -275,5 +324,45 @@ pub fn remove_files(dir: &Path, id: &str) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_of_running_exiting_and_zombie_processes() {
+        let running = "812 (husk) S 1 812 812 0 -1 4194560 3000 0 0 0 5 3 0 0 20 0 4 0";
+        assert!(!stat_says_exiting(running));
+        let exiting = "812 (husk) R 1 812 812 0 -1 4194564 3000 0 0 0 5 3 0 0 20 0 4 0";
+        assert!(stat_says_exiting(exiting));
+        let zombie = "812 (husk) Z 1 812 812 0 -1 4227076 3000 0 0 0 5 3 0 0 20 0 1 0";
+        assert!(stat_says_exiting(zombie));
+        // A command name with spaces and a ") Z" inside is not the state.
+        let tricky = "9 (a) Z (b) S 1 9 9 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0";
+        assert!(!stat_says_exiting(tricky));
+        assert!(!stat_says_exiting("garbage"));
+    }
+
+    #[test]
+    fn a_killed_child_reads_as_exiting_and_this_process_does_not() {
+        assert!(!process_exiting(std::process::id()));
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        assert!(!process_exiting(child.id()));
+        child.kill().unwrap();
+        let end = Instant::now() + Duration::from_secs(10);
+        while !process_exiting(child.id()) {
+            assert!(
+                Instant::now() < end,
+                "the killed child never read as exiting"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child.wait().unwrap();
+        assert!(
+            !process_exiting(child.id()),
+            "a reaped pid reads as exiting"
+        );
     }
 }

@@ -38,6 +38,10 @@ pub struct ServeOptions {
 }
 
 const MAX_HANDSHAKE_LINE: usize = 64;
+/// After SIGTERM, how long a caller that holds a sandbox (it has the Hello) but has not
+/// sent its Invoke yet still gets to send it; callers whose invocation is done are
+/// closed at once.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 const POLL_SLICE_MS: i32 = 100;
 
 /// Wait until `fd` is readable or `ms` passes; true if readable (or hung up).
@@ -53,8 +57,9 @@ fn readable(fd: RawFd, ms: i32) -> bool {
 }
 
 /// Serve callers on `listener` until `stop_fd` becomes readable (SIGTERM), calling
-/// `tick` about every 100 ms (status file, reaping dead ready sandboxes). Then stop
-/// accepting, let in-flight invocations finish, close idle connections and return.
+/// `tick` about every 100 ms (status file, reaping dead ready sandboxes). Then drain:
+/// stop accepting (still ticking), let in-flight invocations finish (a caller that has its Hello gets
+/// [`STOP_GRACE`] to send its Invoke), close the other connections and return.
 pub fn serve(
     listener: &UnixListener,
     pool: &Arc<Pool<PoolConfig>>,
@@ -122,8 +127,14 @@ pub fn serve(
     }
     stopping.store(true, Ordering::SeqCst);
     pool.drain();
-    for t in threads {
-        let _ = t.join();
+    // Keep ticking (the status file shows the drain) until the connections are done.
+    loop {
+        tick();
+        threads.retain(|t| !t.is_finished());
+        if threads.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(POLL_SLICE_MS as u64));
     }
 }
 
@@ -205,9 +216,17 @@ fn serve_caller(
         return;
     }
     let mut idle_since = Instant::now();
+    let mut stop_seen: Option<Instant> = None;
     loop {
         if !readable(conn.as_raw_fd(), POLL_SLICE_MS) {
-            if stopping.load(Ordering::SeqCst) || idle_since.elapsed() >= opts.idle_timeout {
+            if stopping.load(Ordering::SeqCst) {
+                // A caller that has its sandbox's Hello may have its Invoke on the way.
+                let since = *stop_seen.get_or_insert_with(Instant::now);
+                if lease.is_none() || since.elapsed() >= STOP_GRACE {
+                    return;
+                }
+            }
+            if idle_since.elapsed() >= opts.idle_timeout {
                 return;
             }
             continue;

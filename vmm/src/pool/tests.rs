@@ -173,7 +173,10 @@ fn drain_refuses_checkouts_but_keeps_leases_and_restorers() {
     let (p, c) = pool(2, 2, 1);
     assert_eq!(p.wait_ready(2, Duration::from_secs(5)), 2);
     let lease = p.checkout(Duration::from_secs(5)).unwrap();
+    assert!(!p.status().draining);
     p.drain();
+    let st = p.status();
+    assert!(st.draining && !st.stopping, "{st:?}");
     assert!(matches!(
         p.checkout(Duration::from_millis(10)),
         Err(PoolError::Stopping)
