@@ -193,13 +193,21 @@ fn reap_all(shared: &Shared) {
 /// Whether process `pid` still exists and is not a zombie (reads `/proc`).
 pub fn process_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => {
-            // The state follows the last ')' (the command name may contain ')').
-            let state = s
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.trim().chars().next());
-            !matches!(state, Some('Z') | Some('X') | None)
-        }
+        Ok(s) => !matches!(
+            stat_state_and_flags(&s),
+            Some(('Z', _)) | Some(('X', _)) | None
+        ),
         Err(_) => false,
     }
+}
+
+/// The state letter (3rd field) and the flags (9th field, 0 if unreadable) of a
+/// `/proc/<pid>/stat` line; None if it has no state. The command name (2nd field, in
+/// parentheses) may hold spaces and parentheses: fields are counted after its last `)`.
+pub fn stat_state_and_flags(stat: &str) -> Option<(char, u64)> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let flags = fields.nth(5).and_then(|f| f.parse().ok()).unwrap_or(0);
+    Some((state, flags))
 }

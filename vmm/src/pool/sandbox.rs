@@ -266,17 +266,12 @@ fn process_exiting(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// Parse a /proc/<pid>/stat line: the state (3rd field) is zombie or dead, or the
-/// flags (9th field) have `PF_EXITING`. The command name (2nd field, in parentheses)
-/// may hold spaces and parentheses: fields are counted after its last `)`.
+/// Whether a /proc/<pid>/stat line says zombie or dead, or has `PF_EXITING`.
 fn stat_says_exiting(stat: &str) -> bool {
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return false;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let zombie = matches!(fields.first(), Some(&("Z" | "X" | "x")));
-    let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).unwrap_or(0);
-    zombie || flags & PF_EXITING != 0
+    match husk_agent::reaper::stat_state_and_flags(stat) {
+        Some((state, flags)) => matches!(state, 'Z' | 'X' | 'x') || flags & PF_EXITING != 0,
+        None => false,
+    }
 }
 
 /// `husk snapshot restore` flags of one pooled sandbox (paths as the VMM sees them).

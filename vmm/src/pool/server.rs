@@ -58,8 +58,9 @@ fn readable(fd: RawFd, ms: i32) -> bool {
 
 /// Serve callers on `listener` until `stop_fd` becomes readable (SIGTERM), calling
 /// `tick` about every 100 ms (status file, reaping dead ready sandboxes). Then drain:
-/// stop accepting (still ticking), let in-flight invocations finish (a caller that has its Hello gets
-/// [`STOP_GRACE`] to send its Invoke), close the other connections and return.
+/// stop accepting (still ticking), let in-flight invocations finish (a caller that has
+/// its Hello gets [`STOP_GRACE`] to send its Invoke), close the other connections and
+/// return.
 pub fn serve(
     listener: &UnixListener,
     pool: &Arc<Pool<PoolConfig>>,
